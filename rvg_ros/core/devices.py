@@ -1,0 +1,32 @@
+"""``device: auto | cpu | cuda`` resolved for torch and Open3D."""
+
+from __future__ import annotations
+
+import open3d as o3d
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(name: str) -> str:
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
+    return name
+
+
+def open3d_device(name: str) -> o3d.core.Device:
+    """CUDA when asked for (or auto) and this Open3D build has it; else CPU."""
+    check_device(name)
+    cuda = o3d.core.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ValueError("device 'cuda' requested but Open3D has no CUDA device here")
+    return o3d.core.Device("CUDA:0" if cuda and name != "cpu" else "CPU:0")
+
+
+def torch_device(name: str) -> str:
+    """The torch device string for ``name`` (imports torch only when called)."""
+    check_device(name)
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"

@@ -1,0 +1,58 @@
+"""Shared fixtures: analytic scenes whose exact geometry is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rvg_ros.core.types import Frame, Intrinsics
+
+
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """OpenCV camera-to-world looking from ``eye`` at ``target`` with world z up."""
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([right, down, forward], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def sphere_frame(
+    centre: np.ndarray, radius: float, eye: np.ndarray, size: int = 128, fov_deg: float = 30.0
+) -> Frame:
+    """A depth/mask/colour view of a sphere by exact ray-sphere intersection."""
+    f = 0.5 * size / np.tan(np.radians(fov_deg) / 2)
+    k = Intrinsics(f, f, (size - 1) / 2, (size - 1) / 2, size, size)
+    pose = look_at(eye, centre)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    rays_cam = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones_like(u)], axis=-1)
+    rays = rays_cam @ pose[:3, :3].T
+    oc = eye - centre
+    a = np.sum(rays**2, axis=-1)
+    b = 2 * rays @ oc
+    c = oc @ oc - radius**2
+    disc = b**2 - 4 * a * c
+    hit = disc > 0
+    t = np.where(hit, (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a), 0.0)
+    depth = np.where(hit, t, 0.0).astype(np.float32)  # rays_cam has z = 1, so t is z-depth
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[hit] = (200, 80, 40)
+    return Frame(rgb=rgb, intrinsics=k, camera_to_world=pose, depth=depth, mask=hit, stamp=0.0)
+
+
+@pytest.fixture
+def sphere_views() -> tuple[list[Frame], np.ndarray, float]:
+    """8 views around a 4 cm-radius sphere at (0.1, -0.05, 0.3); returns frames, centre, radius."""
+    centre = np.array([0.1, -0.05, 0.3])
+    radius = 0.04
+    frames = []
+    for i in range(8):
+        az = 2 * np.pi * i / 8
+        el = np.radians(40 if i % 2 else -30)
+        eye = centre + 0.35 * np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
+        frames.append(sphere_frame(centre, radius, eye))
+    return frames, centre, radius
