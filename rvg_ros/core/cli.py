@@ -1,0 +1,101 @@
+"""``rvg-ros``: the command-line entry point (ROS-free except the ``node`` and ``demo`` verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rvg_ros.core.devices import DEVICES
+
+
+def _progress_bar(enabled: bool):  # noqa: ANN202 - returns a ProgressFn
+    """A tqdm bar on a terminal; silent otherwise (logs and CI stay clean)."""
+    if not enabled:
+        return lambda stage, fraction: None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", bar_format="{desc:<12} {bar} {percentage:3.0f}% {elapsed}")
+
+    def update(stage: str, fraction: float) -> None:
+        bar.set_description_str(stage)
+        bar.n = round(100 * fraction)
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
+
+    settings = ReconstructSettings(
+        backend=args.backend,
+        device=args.device,
+        max_views=args.max_views,
+        seed=args.seed,
+        resolution=args.resolution,
+    )
+    progress, close = _progress_bar(sys.stderr.isatty())
+    try:
+        result = reconstruct_folder(Path(args.input), Path(args.output), settings, progress)
+    finally:
+        close()
+    seconds = sum(result.stage_seconds.values())
+    print(
+        f"{result.backend}: {result.num_views} views, {len(result.mesh.vertices)} vertices, "
+        f"{len(result.cloud.points)} points, {seconds:.2f} s -> {args.output}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rvg-ros", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="reconstruct a transforms.json capture folder")
+    rec.add_argument("--input", required=True, help="capture folder with transforms.json")
+    rec.add_argument("--output", required=True, help="output folder")
+    rec.add_argument("--backend", default="fusion")
+    rec.add_argument("--device", default="auto", choices=DEVICES)
+    rec.add_argument("--max-views", type=int, default=None)
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--resolution", type=int, default=96, help="voxels along the target cube")
+    rec.set_defaults(func=_cmd_reconstruct)
+
+    node = sub.add_parser("node", help="run the ROS 2 node (what the launch file runs)")
+    node.add_argument("ros_args", nargs=argparse.REMAINDER)
+    node.set_defaults(func=lambda a: _run_ros("rvg_ros.ros.reconstruct_node", a.ros_args))
+
+    demo = sub.add_parser("demo", help="simulated camera + node + capture + reconstruct, end to end")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--views", type=int, default=8)
+    demo.add_argument("--backend", default="fusion")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _run_ros(module: str, ros_args: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(module).main(["rvg-ros", *ros_args]) or 0)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rvg_ros.ros.demo import run_demo
+
+    return run_demo(Path(args.out), views=args.views, backend=args.backend)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, RuntimeError, OSError) as exc:
+        # One line, non-zero exit: bad input is the user's to fix, not a traceback to read.
+        print(f"rvg-ros: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

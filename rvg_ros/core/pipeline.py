@@ -1,0 +1,70 @@
+"""The one path from frames to files: choose views, find the target, run a backend, export.
+
+The node, the CLI, the demo and the evaluation harness all call ``reconstruct_frames``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rvg_ros.core.backends import BackendOptions, ProgressFn, make_backend, no_progress
+from rvg_ros.core.devices import check_device
+from rvg_ros.core.export import export_reconstruction
+from rvg_ros.core.session import CaptureSession
+from rvg_ros.core.target import make_capture_set
+from rvg_ros.core.types import CaptureSet, Frame, Reconstruction
+
+
+@dataclass
+class ReconstructSettings:
+    backend: str = "fusion"
+    device: str = "auto"
+    max_views: int | None = None
+    seed: int = 0
+    min_views: int = 2
+    resolution: int = 96
+    cloud_points: int = 50_000
+    weights_dir: str | None = None
+    # Region of interest in the world frame: (min corner, max corner); None = find the object.
+    roi: tuple[np.ndarray, np.ndarray] | None = None
+    frame_id: str = "world"
+
+
+def reconstruct_frames(
+    frames: list[Frame], settings: ReconstructSettings, progress: ProgressFn = no_progress
+) -> tuple[Reconstruction, CaptureSet]:
+    """Reconstruct; also returns the capture set used (the chosen views, the target)."""
+    check_device(settings.device)
+    backend = make_backend(
+        settings.backend,
+        BackendOptions(
+            device=settings.device,
+            resolution=settings.resolution,
+            cloud_points=settings.cloud_points,
+            weights_dir=settings.weights_dir,
+        ),
+    )
+    capture = make_capture_set(
+        frames, settings.roi, settings.max_views, settings.seed, settings.min_views
+    )
+    result = backend.reconstruct(capture, progress)
+    result.frame_id = settings.frame_id
+    result.extras["target_center"] = capture.target.center.tolist()
+    result.extras["target_side"] = capture.target.side
+    return result, capture
+
+
+def reconstruct_folder(
+    input_dir: Path, output_dir: Path, settings: ReconstructSettings, progress: ProgressFn = no_progress
+) -> Reconstruction:
+    """Read a ``transforms.json`` capture folder, reconstruct, and write the output files."""
+    session = CaptureSession(input_dir, create=False)
+    if settings.frame_id == "world":
+        settings.frame_id = session.frame_id
+    frames = session.frames()
+    result, capture = reconstruct_frames(frames, settings, progress)
+    export_reconstruction(result, capture.frames, output_dir)
+    return result
