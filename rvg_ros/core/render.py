@@ -4,11 +4,12 @@ Used by the simulator (camera images), by previews of reconstructions and by eva
 (held-out view renders). ``OffscreenRenderer`` would need Vulkan, which a bare machine or a CI
 runner does not have, so everything here is ray casting plus numpy shading.
 
-Pixel convention: pixel ``(u, v)`` covers ``[u, u+1) x [v, v+1)`` in image coordinates and its
-ray passes through the pixel centre ``(u + 0.5, v + 0.5)``. This is what Open3D uses
-(``create_rays_pinhole``, TSDF integration truncates projected coordinates) and what nerfstudio
-uses, so a depth map rendered here fuses back without a half-pixel shift. Distortion in the
-intrinsics is ignored: renders are ideal pinhole images.
+Pixel convention (the project's, as in OpenCV and ROS ``CameraInfo``): the ray of pixel
+``(u, v)`` passes through image point ``(u, v)``, i.e. pixel centres sit at integer coordinates
+and a centred principal point is ``((W - 1) / 2, (H - 1) / 2)``. Open3D's own ray generator and
+TSDF integration put centres at ``u + 0.5`` instead, so rays are built here rather than with
+``create_rays_pinhole``. Distortion in the intrinsics is ignored: renders are ideal pinhole
+images.
 """
 
 from __future__ import annotations
@@ -85,15 +86,17 @@ def _vertex_colors(mesh: Any) -> np.ndarray | None:
     return arr.astype(np.float32).clip(0.0, 1.0)
 
 
-def pixel_rays(intrinsics: Intrinsics, camera_to_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays(
+    intrinsics: Intrinsics, camera_to_world: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Ray origins and directions (H, W, 3) in the world frame.
 
     Directions are *not* normalised: they have unit z in the camera frame, so the ray parameter
     of a hit is its z-depth.
     """
     c2w = np.asarray(camera_to_world, dtype=np.float64)
-    u = (np.arange(intrinsics.width) + 0.5 - intrinsics.cx) / intrinsics.fx
-    v = (np.arange(intrinsics.height) + 0.5 - intrinsics.cy) / intrinsics.fy
+    u = (np.arange(intrinsics.width) - intrinsics.cx) / intrinsics.fx
+    v = (np.arange(intrinsics.height) - intrinsics.cy) / intrinsics.fy
     uu, vv = np.meshgrid(u, v)
     dirs_cam = np.stack([uu, vv, np.ones_like(uu)], axis=-1)
     dirs = dirs_cam @ c2w[:3, :3].T

@@ -50,13 +50,17 @@ def _object_points_from_depth(frames: list[Frame]) -> tuple[np.ndarray, np.ndarr
     plane = None
     if len(pcd.points) > 200:
         model, inliers = pcd.segment_plane(PLANE_TOLERANCE, 3, 300, probability=0.9999)
-        # Only a plane that holds a good share of the scene is a support surface.
-        if len(inliers) > 0.2 * len(pcd.points):
-            plane = np.asarray(model, dtype=np.float64)
-            # Orient the normal towards the cameras so "above the plane" means positive.
-            centre = frames[0].camera_to_world[:3, 3]
-            if plane[:3] @ centre + plane[3] < 0:
-                plane = -plane
+        candidate = np.asarray(model, dtype=np.float64)
+        # Orient the normal towards the cameras so "above the plane" means positive.
+        if candidate[:3] @ frames[0].camera_to_world[:3, 3] + candidate[3] < 0:
+            candidate = -candidate
+        rest = np.delete(np.asarray(pcd.points), inliers, axis=0)
+        above = rest @ candidate[:3] + candidate[3] > -PLANE_TOLERANCE
+        # A support surface holds a good share of the scene and has everything else on the
+        # camera side. A flat-ish patch of the object itself (a box face, a band of a can)
+        # has object points on both sides, and must not be cut away.
+        if len(inliers) > 0.2 * len(pcd.points) and (len(rest) == 0 or above.mean() > 0.97):
+            plane = candidate
             pcd = pcd.select_by_index(inliers, invert=True)
             pts = np.asarray(pcd.points)
             pcd = pcd.select_by_index(np.nonzero(pts @ plane[:3] + plane[3] > PLANE_TOLERANCE)[0])

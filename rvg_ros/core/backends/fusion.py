@@ -80,7 +80,12 @@ class FusionBackend:
             block_count=max(1000, min(blocks_per_side**3, 60_000)),
             device=device,
         )
+        integrated = 0
         for i, frame in enumerate(capture.frames):
+            sub((i + 1) / len(capture.frames))
+            if not np.any(frame.depth > 0):
+                continue  # no depth on the object in this view: nothing to fuse
+            integrated += 1
             depth = o3d.t.geometry.Image(o3c.Tensor(frame.depth)).to(device)
             # Float depth requires float colour (Open3D 0.20).
             colour = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0)).to(device)
@@ -101,5 +106,6 @@ class FusionBackend:
                 coords, depth, colour, intrinsic, intrinsic, extrinsic,
                 depth_scale=1.0, depth_max=depth_max, trunc_voxel_multiplier=TRUNCATION_VOXELS,
             )
-            sub((i + 1) / len(capture.frames))
+        if integrated == 0:
+            raise ReconstructionError("no view has depth on the object: nothing to fuse")
         return grid
