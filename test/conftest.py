@@ -53,6 +53,8 @@ def sphere_views() -> tuple[list[Frame], np.ndarray, float]:
     for i in range(8):
         az = 2 * np.pi * i / 8
         el = np.radians(40 if i % 2 else -30)
-        eye = centre + 0.35 * np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
+        eye = centre + 0.35 * np.array(
+            [np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)]
+        )
         frames.append(sphere_frame(centre, radius, eye))
     return frames, centre, radius

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "rvg_ros.core.cli", *args], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "rvg_ros.core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=300,
     )
 
@@ -31,8 +34,15 @@ def test_reconstruct_writes_all_files_in_metres(tmp_path: Path, sphere_views) ->
     for f in frames:
         session.append(f)
     out = tmp_path / "out"
-    proc = _run("reconstruct", "--input", str(tmp_path / "capture"), "--output", str(out),
-                "--resolution", "64")
+    proc = _run(
+        "reconstruct",
+        "--input",
+        str(tmp_path / "capture"),
+        "--output",
+        str(out),
+        "--resolution",
+        "64",
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("mesh.ply", "mesh.glb", "cloud.ply", "result.json", "preview.png"):
         assert (out / name).stat().st_size > 0, name
@@ -53,7 +63,9 @@ def test_reconstruct_writes_all_files_in_metres(tmp_path: Path, sphere_views) ->
 
 
 def test_bad_input_exits_nonzero_with_one_line(tmp_path: Path) -> None:
-    proc = _run("reconstruct", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
+    proc = _run(
+        "reconstruct", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no transforms.json" in lines[0]
@@ -61,6 +73,13 @@ def test_bad_input_exits_nonzero_with_one_line(tmp_path: Path) -> None:
 
 def test_unknown_backend_is_a_clear_error(tmp_path: Path, sphere_views) -> None:
     CaptureSession(tmp_path / "c").append(sphere_views[0][0])
-    proc = _run("reconstruct", "--input", str(tmp_path / "c"), "--output", str(tmp_path / "o"),
-                "--backend", "magic")
+    proc = _run(
+        "reconstruct",
+        "--input",
+        str(tmp_path / "c"),
+        "--output",
+        str(tmp_path / "o"),
+        "--backend",
+        "magic",
+    )
     assert proc.returncode == 2 and "unknown backend 'magic'" in proc.stderr

@@ -44,7 +44,9 @@ def test_fusion_reconstructs_sphere_within_tolerance(sphere_views) -> None:
     assert set(result.stage_seconds) == {"integrate", "extract", "colour", "sample"}
     assert stages[0] == "integrate" and stages[-1] == "done"
     # Colour comes from the views: the sphere is orange.
-    assert np.allclose(result.mesh.vertex_colors.mean(axis=0), [200 / 255, 80 / 255, 40 / 255], atol=0.05)
+    assert np.allclose(
+        result.mesh.vertex_colors.mean(axis=0), [200 / 255, 80 / 255, 40 / 255], atol=0.05
+    )
 
 
 def test_hull_reconstructs_sphere_from_masks(sphere_views) -> None:
@@ -55,7 +57,9 @@ def test_hull_reconstructs_sphere_from_masks(sphere_views) -> None:
     ]
     capture = make_capture_set(rgb_only)
     assert np.linalg.norm(capture.target.center - centre) < 0.01
-    result = make_backend("hull", BackendOptions(resolution=64, cloud_points=2000)).reconstruct(capture)
+    result = make_backend("hull", BackendOptions(resolution=64, cloud_points=2000)).reconstruct(
+        capture
+    )
     dist = np.linalg.norm(result.mesh.vertices - centre, axis=1)
     # A visual hull contains the object and, from 8 views, hugs it within ~10 %.
     assert np.percentile(dist, 5) > radius * 0.95
@@ -64,7 +68,9 @@ def test_hull_reconstructs_sphere_from_masks(sphere_views) -> None:
 
 def test_fusion_without_depth_or_masks_is_a_clear_error(sphere_views) -> None:
     frames, _, _ = sphere_views
-    bare = [Frame(rgb=f.rgb, intrinsics=f.intrinsics, camera_to_world=f.camera_to_world) for f in frames]
+    bare = [
+        Frame(rgb=f.rgb, intrinsics=f.intrinsics, camera_to_world=f.camera_to_world) for f in frames
+    ]
     with pytest.raises(ReconstructionError, match="neither depth nor masks"):
         make_capture_set(bare)
 

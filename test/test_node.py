@@ -42,9 +42,18 @@ def system(ros_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("node")
     node = start_process(
         "rvg_ros.ros.reconstruct_node",
-        ["--params-file", PARAMS, "-p", f"session_dir:={root / 'session'}",
-         "-p", f"output_dir:={root / 'out'}", "-p", "resolution:=192"],
-        ros_env, root / "node.log",
+        [
+            "--params-file",
+            PARAMS,
+            "-p",
+            f"session_dir:={root / 'session'}",
+            "-p",
+            f"output_dir:={root / 'out'}",
+            "-p",
+            "resolution:=192",
+        ],
+        ros_env,
+        root / "node.log",
     )
     client = DemoClient()
     try:
@@ -58,8 +67,12 @@ def system(ros_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def camera(system: dict) -> Iterator[None]:
-    cam = start_process("rvg_ros.sim.camera_node", ["-p", "orbit_speed_deg:=90.0"],
-                        system["env"], system["root"] / "camera.log")
+    cam = start_process(
+        "rvg_ros.sim.camera_node",
+        ["-p", "orbit_speed_deg:=90.0"],
+        system["env"],
+        system["root"] / "camera.log",
+    )
     yield
     stop_process(cam)
 
@@ -167,7 +180,9 @@ def test_reset_keeps_old_frames_on_disk_and_load_session_restores(system: dict) 
     response = client.call(client.reset, client.reset.srv_type.Request())
     assert response.success and "cleared 4 frames" in response.message
     archived = sorted(p for p in (system["root"]).iterdir() if p.name.startswith("session-"))
-    assert archived and len(json.loads((archived[0] / "transforms.json").read_text())["frames"]) == 4
+    assert (
+        archived and len(json.loads((archived[0] / "transforms.json").read_text())["frames"]) == 4
+    )
     request = client.load_session.srv_type.Request()
     request.path = str(system["root"] / "does-not-exist")
     response = client.call(client.load_session, request)

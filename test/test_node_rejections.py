@@ -37,17 +37,28 @@ class FramePublisher:
         from tf2_msgs.msg import TFMessage
 
         self.node = rclpy.create_node("rejection_test_publisher")
-        self.colour = self.node.create_publisher(Image, "/camera/color/image_raw", qos_profile_sensor_data)
+        self.colour = self.node.create_publisher(
+            Image, "/camera/color/image_raw", qos_profile_sensor_data
+        )
         self.depth = self.node.create_publisher(
-            Image, "/camera/aligned_depth_to_color/image_raw", qos_profile_sensor_data)
-        self.info = self.node.create_publisher(CameraInfo, "/camera/color/camera_info", qos_profile_sensor_data)
+            Image, "/camera/aligned_depth_to_color/image_raw", qos_profile_sensor_data
+        )
+        self.info = self.node.create_publisher(
+            CameraInfo, "/camera/color/camera_info", qos_profile_sensor_data
+        )
         self.tf = self.node.create_publisher(TFMessage, "/tf", 100)
         self.tf_type = TFMessage
         k = default_intrinsics(128, 128)
         pose = look_at([0.3, 0.0, 0.15], [0.0, 0.0, 0.05])
         view = MeshRenderer(demo_object().mesh).render(k, pose)
-        self.good = {"rgb": view.rgb, "depth": view.depth, "k": k, "pose": pose, "tf": True,
-                     "encoding": "rgb8"}
+        self.good = {
+            "rgb": view.rgb,
+            "depth": view.depth,
+            "k": k,
+            "pose": pose,
+            "tf": True,
+            "encoding": "rgb8",
+        }
         self.current = dict(self.good)
         self.node.create_timer(0.05, self._tick)
         self.executor = SingleThreadedExecutor()
@@ -61,9 +72,13 @@ class FramePublisher:
 
     def _tick(self) -> None:
         c = self.current
-        header = Header(frame_id="camera_color_optical_frame", stamp=self.node.get_clock().now().to_msg())
+        header = Header(
+            frame_id="camera_color_optical_frame", stamp=self.node.get_clock().now().to_msg()
+        )
         if c["tf"]:
-            tf = make_transform_stamped("world", "camera_color_optical_frame", c["pose"], header.stamp)
+            tf = make_transform_stamped(
+                "world", "camera_color_optical_frame", c["pose"], header.stamp
+            )
             self.tf.publish(self.tf_type(transforms=[tf]))
         self.info.publish(intrinsics_to_camera_info(c["k"], header))
         self.depth.publish(depth_to_image(c["depth"], "16UC1", header))
@@ -88,8 +103,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoClient, 
     root = tmp_path_factory.mktemp("rejections")
     node = start_process(
         "rvg_ros.ros.reconstruct_node",
-        ["--params-file", PARAMS, "-p", f"session_dir:={root / 'session'}", "-p", "tf_timeout:=0.2"],
-        env, root / "node.log",
+        [
+            "--params-file",
+            PARAMS,
+            "-p",
+            f"session_dir:={root / 'session'}",
+            "-p",
+            "tf_timeout:=0.2",
+        ],
+        env,
+        root / "node.log",
     )
     client = DemoClient()
     publisher = FramePublisher()

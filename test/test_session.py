@@ -84,7 +84,12 @@ def test_reads_foreign_folder_with_per_frame_intrinsics(tmp_path: Path, sphere_v
         "frames": [
             {
                 "file_path": "./rgb/a.jpg",
-                "fl_x": k.fx, "fl_y": k.fy, "cx": k.cx, "cy": k.cy, "w": k.width, "h": k.height,
+                "fl_x": k.fx,
+                "fl_y": k.fy,
+                "cx": k.cx,
+                "cy": k.cy,
+                "w": k.width,
+                "h": k.height,
                 "transform_matrix": np.eye(4).tolist(),
             }
         ]
@@ -102,7 +107,9 @@ def test_reads_foreign_folder_with_per_frame_intrinsics(tmp_path: Path, sphere_v
 def test_paths_escaping_the_folder_are_rejected(tmp_path: Path, sphere_views, path: str) -> None:
     session_dir = tmp_path / "s"
     CaptureSession(session_dir).append(_frames(sphere_views)[0])
-    (tmp_path / "outside.png").write_bytes((session_dir / "images" / "frame_00000.png").read_bytes())
+    (tmp_path / "outside.png").write_bytes(
+        (session_dir / "images" / "frame_00000.png").read_bytes()
+    )
     (session_dir / "link").symlink_to(tmp_path)
     doc = json.loads((session_dir / "transforms.json").read_text())
     doc["frames"][0]["file_path"] = path
@@ -173,7 +180,10 @@ def test_sigkill_during_writes_never_corrupts_the_session(tmp_path: Path) -> Non
     acknowledged = -1
     for _ in range(6):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True
+            [sys.executable, "-c", _WRITER, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
         )
         time.sleep(1.0 + rng.random() * 0.5)
         proc.send_signal(signal.SIGKILL)

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("ros_args", nargs=argparse.REMAINDER)
     node.set_defaults(func=lambda a: _run_ros("rvg_ros.ros.reconstruct_node", a.ros_args))
 
-    demo = sub.add_parser("demo", help="simulated camera + node + capture + reconstruct, end to end")
+    demo = sub.add_parser(
+        "demo", help="simulated camera + node + capture + reconstruct, end to end"
+    )
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--views", type=int, default=8)
     demo.add_argument("--backend", default="fusion")

@@ -48,8 +48,15 @@ def write_cloud_ply(cloud: PointCloud, path: Path) -> None:
     """
     n = len(cloud.points)
     record = np.dtype(
-        [("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-         ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("confidence", "<f4")]
+        [
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("confidence", "<f4"),
+        ]
     )
     data = np.empty(n, dtype=record)
     for i, axis in enumerate("xyz"):
@@ -74,8 +81,15 @@ def read_cloud_ply(path: Path) -> PointCloud:
     end = raw.index(b"end_header\n") + len(b"end_header\n")
     n = int(raw[:end].decode("ascii").split("element vertex ")[1].split("\n")[0])
     record = np.dtype(
-        [("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-         ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("confidence", "<f4")]
+        [
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("confidence", "<f4"),
+        ]
     )
     data = np.frombuffer(raw[end:], dtype=record, count=n)
     points = np.stack([data["x"], data["y"], data["z"]], axis=1).astype(np.float64)
@@ -83,7 +97,9 @@ def read_cloud_ply(path: Path) -> PointCloud:
     return PointCloud(points, colours, data["confidence"].astype(np.float32))
 
 
-def preview_camera(mesh: Mesh, frames: list[Frame], size: int = 384) -> tuple[Intrinsics, np.ndarray]:
+def preview_camera(
+    mesh: Mesh, frames: list[Frame], size: int = 384
+) -> tuple[Intrinsics, np.ndarray]:
     """A camera that frames the whole mesh, looking from opposite the mean input view.
 
     The far side is where a reconstruction-only method has holes and a generative one has
@@ -116,7 +132,9 @@ def render_preview(mesh: Mesh, frames: list[Frame], size: int = 384) -> np.ndarr
     if mesh.is_empty:
         return np.zeros((size, size, 3), np.uint8)
     observed = (mesh.vertex_confidence >= 0.99)[:, None]
-    colours = np.where(observed, mesh.vertex_colors, 0.4 * mesh.vertex_colors + 0.6 * GENERATED_TINT)
+    colours = np.where(
+        observed, mesh.vertex_colors, 0.4 * mesh.vertex_colors + 0.6 * GENERATED_TINT
+    )
     tinted = Mesh(mesh.vertices, mesh.triangles, colours.astype(np.float32), mesh.vertex_confidence)
     intrinsics, pose = preview_camera(mesh, frames, size)
     return MeshRenderer(tinted).render(intrinsics, pose, background=(40, 40, 48)).rgb
@@ -134,21 +152,28 @@ def result_summary(result: Reconstruction) -> dict[str, object]:
         "triangles": len(result.mesh.triangles),
         "points": len(result.cloud.points),
         "observed_fraction": float(np.mean(result.mesh.vertex_confidence >= 0.99))
-        if len(result.mesh.vertices) else 0.0,
+        if len(result.mesh.vertices)
+        else 0.0,
         "stage_seconds": result.stage_seconds,
         "total_seconds": float(sum(result.stage_seconds.values())),
         "peak_memory_mb": result.peak_memory_mb,
-        "extras": {k: v for k, v in result.extras.items() if isinstance(v, (int, float, str, bool))},
+        "extras": {
+            k: v for k, v in result.extras.items() if isinstance(v, (int, float, str, bool))
+        },
         "files": result.files,
     }
 
 
-def export_reconstruction(result: Reconstruction, frames: list[Frame], out_dir: Path) -> dict[str, str]:
+def export_reconstruction(
+    result: Reconstruction, frames: list[Frame], out_dir: Path
+) -> dict[str, str]:
     """Write all output files; fills and returns ``result.files`` (name -> absolute path)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {name: str((out_dir / name).resolve()) for name in
-             ("mesh.ply", "mesh.glb", "cloud.ply", "preview.png", "result.json")}
+    files = {
+        name: str((out_dir / name).resolve())
+        for name in ("mesh.ply", "mesh.glb", "cloud.ply", "preview.png", "result.json")
+    }
     write_mesh_ply(result.mesh, out_dir / "mesh.ply")
     write_mesh_glb(result.mesh, out_dir / "mesh.glb")
     write_cloud_ply(result.cloud, out_dir / "cloud.ply")

@@ -58,7 +58,10 @@ def reconstruct_frames(
 
 
 def reconstruct_folder(
-    input_dir: Path, output_dir: Path, settings: ReconstructSettings, progress: ProgressFn = no_progress
+    input_dir: Path,
+    output_dir: Path,
+    settings: ReconstructSettings,
+    progress: ProgressFn = no_progress,
 ) -> Reconstruction:
     """Read a ``transforms.json`` capture folder, reconstruct, and write the output files."""
     session = CaptureSession(input_dir, create=False)

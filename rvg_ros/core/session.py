@@ -100,9 +100,7 @@ def _intrinsics_from_json(entry: dict[str, Any], defaults: dict[str, Any]) -> In
         raise SessionError(f"intrinsics key {key!r} missing (neither per frame nor top level)")
 
     try:
-        distortion = tuple(
-            float(entry.get(k, defaults.get(k, 0.0))) for k in _DISTORTION_KEYS
-        )
+        distortion = tuple(float(entry.get(k, defaults.get(k, 0.0))) for k in _DISTORTION_KEYS)
         while distortion and distortion[-1] == 0.0:
             distortion = distortion[:-1]
         k = Intrinsics(
@@ -266,7 +264,9 @@ class CaptureSession:
                 files.append((self.root / "depth" / name, _encode_png(mm)))
                 entry["depth_file_path"] = f"depth/{name}"
             if frame.mask is not None:
-                files.append((self.root / "masks" / name, _encode_png(frame.mask.astype(np.uint8) * 255)))
+                files.append(
+                    (self.root / "masks" / name, _encode_png(frame.mask.astype(np.uint8) * 255))
+                )
                 entry["mask_path"] = f"masks/{name}"
             if frame.camera_to_world is not None:
                 entry["transform_matrix"] = opengl_from_opencv(frame.camera_to_world).tolist()

@@ -28,7 +28,9 @@ def mesh_from_field(
     """
     res = field.shape[0]
     low = float(field.min())
-    padded = np.pad(field.astype(np.float32), 1, mode="constant", constant_values=min(low, level - 1.0))
+    padded = np.pad(
+        field.astype(np.float32), 1, mode="constant", constant_values=min(low, level - 1.0)
+    )
     if not (padded.min() < level < padded.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int32)
     verts, faces, _, _ = marching_cubes(padded, level=level)
@@ -42,7 +44,9 @@ def _visibility(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which vertices the frame's camera sees (not occluded, inside the image, front-facing)."""
     uv, z = project(vertices, frame.intrinsics, frame.camera_to_world)
-    _, inside = lookup_pixels(np.zeros((frame.intrinsics.height, frame.intrinsics.width)), uv, z > 0)
+    _, inside = lookup_pixels(
+        np.zeros((frame.intrinsics.height, frame.intrinsics.width)), uv, z > 0
+    )
     origin = frame.camera_to_world[:3, 3]
     direction = vertices - origin
     distance = np.linalg.norm(direction, axis=1)

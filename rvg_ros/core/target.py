@@ -21,7 +21,9 @@ CUBE_MARGIN = 1.2
 PLANE_TOLERANCE = 0.006
 
 
-def cube_from_box(box_min: np.ndarray, box_max: np.ndarray, margin: float = CUBE_MARGIN) -> TargetCube:
+def cube_from_box(
+    box_min: np.ndarray, box_max: np.ndarray, margin: float = CUBE_MARGIN
+) -> TargetCube:
     box_min, box_max = np.asarray(box_min, float), np.asarray(box_max, float)
     side = float(np.max(box_max - box_min)) * margin
     if not np.isfinite(side) or side <= 0:
@@ -176,9 +178,7 @@ def make_capture_set(
     """
     posed = [f for f in frames if f.camera_to_world is not None]
     if len(posed) < min_views:
-        raise ReconstructionError(
-            f"too few posed frames: {len(posed)} (need at least {min_views})"
-        )
+        raise ReconstructionError(f"too few posed frames: {len(posed)} (need at least {min_views})")
     chosen = select_views(posed, max_views)
     target, plane = estimate_target(chosen, roi)
     prepared = []
@@ -205,7 +205,10 @@ def visible_in(frame: Frame, points: np.ndarray) -> np.ndarray:
     """Points that project inside the frame's image and lie in front of the camera."""
     uv, z = project(points, frame.intrinsics, frame.camera_to_world)
     k = frame.intrinsics
-    return (z > 0) & (uv[:, 0] >= -0.5) & (uv[:, 0] < k.width - 0.5) & (
-        uv[:, 1] >= -0.5
-    ) & (uv[:, 1] < k.height - 0.5)
-
+    return (
+        (z > 0)
+        & (uv[:, 0] >= -0.5)
+        & (uv[:, 0] < k.width - 0.5)
+        & (uv[:, 1] >= -0.5)
+        & (uv[:, 1] < k.height - 0.5)
+    )

@@ -25,12 +25,12 @@ from typing import Any
 import cv2
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -154,9 +154,9 @@ class ReconstructNode(Node):
         self.mesh_pub = self.create_publisher(Marker, "~/mesh_marker", LATCHED)
         self.frusta_pub = self.create_publisher(MarkerArray, "~/camera_frusta", LATCHED)
         self.preview_pub = self.create_publisher(Image, "~/preview", LATCHED)
+        from rvg_ros.action import Reconstruct as ReconstructAction
         from rvg_ros.msg import Reconstruction as ReconstructionMsg
         from rvg_ros.srv import Capture, LoadSession, Reconstruct, Reset
-        from rvg_ros.action import Reconstruct as ReconstructAction
 
         self.result_pub = self.create_publisher(ReconstructionMsg, "~/reconstruction", LATCHED)
         group = self._service_group

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -74,10 +74,13 @@ class SimCameraNode(Node):
         self._tf_type = TFMessage
         # Sensor-data QoS, as camera drivers use: best effort, keep last few.
         self.color_pub = self.create_publisher(Image, p("color_topic"), qos_profile_sensor_data)
-        self.info_pub = self.create_publisher(CameraInfo, p("camera_info_topic"), qos_profile_sensor_data)
+        self.info_pub = self.create_publisher(
+            CameraInfo, p("camera_info_topic"), qos_profile_sensor_data
+        )
         self.depth_pub = (
             self.create_publisher(Image, p("depth_topic"), qos_profile_sensor_data)
-            if p("depth_topic") else None
+            if p("depth_topic")
+            else None
         )
         self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
         self._t0 = self.get_clock().now()
@@ -103,7 +106,9 @@ class SimCameraNode(Node):
         view = self.renderer.render(self.intrinsics, pose)
         header = Header(frame_id=self.p("camera_frame"), stamp=now.to_msg())
         # TF first, so the pose is in the receiver's buffer when the image arrives.
-        tf = make_transform_stamped(self.p("world_frame"), self.p("camera_frame"), pose, header.stamp)
+        tf = make_transform_stamped(
+            self.p("world_frame"), self.p("camera_frame"), pose, header.stamp
+        )
         self.tf_pub.publish(self._tf_type(transforms=[tf]))
         self.info_pub.publish(intrinsics_to_camera_info(self.intrinsics, header))
         if self.depth_pub is not None:

@@ -11,7 +11,13 @@ import numpy as np
 import open3d as o3d
 import open3d.core as o3c
 
-from rvg_ros.core.backends.base import BackendOptions, ProgressFn, StageTimer, no_progress, peak_rss_mb
+from rvg_ros.core.backends.base import (
+    BackendOptions,
+    ProgressFn,
+    StageTimer,
+    no_progress,
+    peak_rss_mb,
+)
 from rvg_ros.core.backends.hull import HullBackend
 from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import invert_rigid
@@ -29,7 +35,9 @@ class FusionBackend:
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions(resolution=96)
 
-    def reconstruct(self, capture: CaptureSet, progress: ProgressFn = no_progress) -> Reconstruction:
+    def reconstruct(
+        self, capture: CaptureSet, progress: ProgressFn = no_progress
+    ) -> Reconstruction:
         if not capture.has_depth:
             # The same backend without depth is silhouette carving; say so in the result.
             result = HullBackend(self.options).reconstruct(capture, progress)
@@ -66,7 +74,9 @@ class FusionBackend:
             extras={"method": "tsdf fusion", "voxel_size": voxel},
         )
 
-    def _integrate(self, capture: CaptureSet, voxel: float, sub: ProgressFn) -> o3d.t.geometry.VoxelBlockGrid:
+    def _integrate(
+        self, capture: CaptureSet, voxel: float, sub: ProgressFn
+    ) -> o3d.t.geometry.VoxelBlockGrid:
         device = open3d_device(self.options.device)
         block_resolution = 8
         blocks_per_side = int(np.ceil(capture.target.side / (voxel * block_resolution))) + 2
@@ -88,7 +98,9 @@ class FusionBackend:
             integrated += 1
             depth = o3d.t.geometry.Image(o3c.Tensor(frame.depth)).to(device)
             # Float depth requires float colour (Open3D 0.20).
-            colour = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0)).to(device)
+            colour = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0)).to(
+                device
+            )
             # Open3D puts pixel centres at (u + 0.5, v + 0.5) (it truncates projections);
             # ROS/OpenCV intrinsics put them at integer (u, v). Shift so the two agree: this
             # halves the fused surface error on an analytic sphere (0.66 -> 0.31 mm).
@@ -99,12 +111,23 @@ class FusionBackend:
             extrinsic = o3c.Tensor(invert_rigid(frame.camera_to_world), o3c.float64)
             depth_max = float(frame.depth.max()) + capture.target.side
             coords = grid.compute_unique_block_coordinates(
-                depth, intrinsic, extrinsic, depth_scale=1.0, depth_max=depth_max,
+                depth,
+                intrinsic,
+                extrinsic,
+                depth_scale=1.0,
+                depth_max=depth_max,
                 trunc_voxel_multiplier=TRUNCATION_VOXELS,
             )
             grid.integrate(
-                coords, depth, colour, intrinsic, intrinsic, extrinsic,
-                depth_scale=1.0, depth_max=depth_max, trunc_voxel_multiplier=TRUNCATION_VOXELS,
+                coords,
+                depth,
+                colour,
+                intrinsic,
+                intrinsic,
+                extrinsic,
+                depth_scale=1.0,
+                depth_max=depth_max,
+                trunc_voxel_multiplier=TRUNCATION_VOXELS,
             )
         if integrated == 0:
             raise ReconstructionError("no view has depth on the object: nothing to fuse")

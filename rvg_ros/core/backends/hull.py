@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from rvg_ros.core.backends.base import BackendOptions, ProgressFn, StageTimer, no_progress, peak_rss_mb
+from rvg_ros.core.backends.base import (
+    BackendOptions,
+    ProgressFn,
+    StageTimer,
+    no_progress,
+    peak_rss_mb,
+)
 from rvg_ros.core.geometry import lookup_pixels, project
 from rvg_ros.core.surface import finish_mesh, mesh_from_field, sample_cloud
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError, TargetCube
@@ -53,7 +59,9 @@ class HullBackend:
     def __init__(self, options: BackendOptions | None = None) -> None:
         self.options = options or BackendOptions(resolution=96)
 
-    def reconstruct(self, capture: CaptureSet, progress: ProgressFn = no_progress) -> Reconstruction:
+    def reconstruct(
+        self, capture: CaptureSet, progress: ProgressFn = no_progress
+    ) -> Reconstruction:
         if not capture.has_masks:
             raise ReconstructionError("hull needs an object mask in every view")
         timer = StageTimer(progress, _STAGES)
