@@ -8,11 +8,12 @@
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 PACKAGE = "rvg_ros"
 
@@ -31,7 +32,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "sim", default_value="false", description="Also start the simulated camera."
             ),
-            DeclareLaunchArgument("namespace", default_value="", description="Namespace of both nodes."),
+            DeclareLaunchArgument(
+                "namespace", default_value="", description="Namespace of both nodes."
+            ),
             Node(
                 package=PACKAGE,
                 executable="reconstruct_node",
