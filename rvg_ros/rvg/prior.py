@@ -1,0 +1,134 @@
+"""The reconstruction prior: what the cameras tell us, in the normalised object cube.
+
+ReconViaGen conditions its generator on a multi-view reconstructor (VGGT). A robot knows more
+than VGGT has to guess - poses, often depth - so our prior is explicit geometry plus learned
+per-view features (METHOD.md, "How rvg_ros maps it onto a robot"):
+
+- ``completion_cube``: the cube the generator works in, [-0.5, 0.5]^3 after normalisation.
+  It must hold the *whole* object, including the side no camera saw, so it is larger than the
+  observed bounding box and shifted away from the cameras.
+- ``evidence_grid``: per coarse voxel, observed surface / observed free space / unknown.
+- ``view_inputs``: per view, a small image stack (colour, mask, depth, Plücker rays in the cube
+  frame) that the multi-view encoder turns into tokens.
+
+Training data is made by the same functions, so the generator sees at training time exactly
+what it sees on a robot.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from rvg_ros.core.geometry import backproject_depth, lookup_pixels, project
+from rvg_ros.core.types import CaptureSet, Frame, TargetCube
+
+UNKNOWN, FREE, SURFACE = 0, 1, 2
+# Cube side relative to the observed extent, and shift away from the cameras (fraction of the
+# observed extent): room for the unseen back of the object.
+CUBE_SIDE_FACTOR = 1.4
+CUBE_BACK_SHIFT = 0.12
+VIEW_SIZE = 64
+VIEW_CHANNELS = 12  # rgb 3, mask 1, depth 1, depth-valid 1, Plücker 6
+
+
+def completion_cube(capture: CaptureSet) -> TargetCube:
+    """The generation cube: observed extent enlarged, centred a little behind the seen side."""
+    frames = capture.frames
+    if capture.has_depth:
+        points = np.concatenate([backproject_depth(f) for f in frames])
+    else:
+        points = np.zeros((0, 3))
+    if len(points) < 20:
+        # RGB + masks: the silhouette-triangulated target is all we have.
+        return TargetCube(center=capture.target.center.copy(), side=capture.target.side * 1.1)
+    lo, hi = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
+    extent = float(np.max(hi - lo))
+    centre = (lo + hi) / 2.0
+    towards_cameras = np.mean([f.camera_to_world[:3, 3] for f in frames], axis=0) - centre
+    towards_cameras[2] = 0.0  # objects rest on a support: the unseen side is horizontal
+    norm = np.linalg.norm(towards_cameras)
+    if norm > 1e-9:
+        centre = centre - towards_cameras / norm * CUBE_BACK_SHIFT * extent
+    return TargetCube(center=centre, side=extent * CUBE_SIDE_FACTOR)
+
+
+def voxel_centres(cube: TargetCube, resolution: int) -> np.ndarray:
+    """World coordinates of voxel centres, (res^3, 3), C order over (x, y, z)."""
+    axis = (np.arange(resolution) + 0.5) / resolution - 0.5
+    unit = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    return cube.to_world(unit)
+
+
+def _silhouette(frame: Frame) -> np.ndarray:
+    """Object silhouette for free-space carving; closed so depth dropouts don't punch holes."""
+    if frame.mask is None:
+        return np.ones(frame.rgb.shape[:2], dtype=bool)
+    mask = frame.mask.astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
+
+
+def evidence_grid(capture: CaptureSet, cube: TargetCube, resolution: int, use_depth: bool) -> np.ndarray:
+    """(res, res, res) uint8 of UNKNOWN / FREE / SURFACE.
+
+    FREE: some view saw through the voxel (outside the silhouette, or in front of the measured
+    depth). SURFACE: a measured depth point falls in the voxel (depth only); it overrides FREE
+    because a measurement beats a ray passing near it.
+    """
+    centres = voxel_centres(cube, resolution)
+    voxel = cube.side / resolution
+    free = np.zeros(len(centres), dtype=bool)
+    surface = np.zeros(len(centres), dtype=bool)
+    for frame in capture.frames:
+        uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
+        on_object, seen = lookup_pixels(_silhouette(frame), uv, z > 0)
+        free |= seen & ~on_object
+        if use_depth and frame.depth is not None:
+            depth, _ = lookup_pixels(frame.depth, uv, seen)
+            free |= seen & (depth > 0) & (z < depth - voxel)
+            points = cube.to_unit(backproject_depth(frame))
+            index = np.floor((points + 0.5) * resolution).astype(np.int64)
+            inside = np.all((index >= 0) & (index < resolution), axis=1)
+            flat = np.ravel_multi_index(index[inside].T, (resolution,) * 3)
+            surface[flat] = True
+    grid = np.full(len(centres), UNKNOWN, dtype=np.uint8)
+    grid[free] = FREE
+    grid[surface] = SURFACE
+    return grid.reshape((resolution,) * 3)
+
+
+def plucker_rays(frame: Frame, cube: TargetCube, size: int) -> np.ndarray:
+    """(6, size, size) Plücker coordinates (direction, moment) of the rays of a size x size
+    resampling of the image, in the normalised cube frame."""
+    k = frame.intrinsics
+    scale_u, scale_v = k.width / size, k.height / size
+    # Centre of small pixel j covers original pixels [j*s, (j+1)*s): centre at (j+0.5)*s - 0.5.
+    u = (np.arange(size) + 0.5) * scale_u - 0.5
+    v = (np.arange(size) + 0.5) * scale_v - 0.5
+    uu, vv = np.meshgrid(u, v)
+    dirs_cam = np.stack([(uu - k.cx) / k.fx, (vv - k.cy) / k.fy, np.ones_like(uu)], axis=-1)
+    dirs = dirs_cam @ frame.camera_to_world[:3, :3].T
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    origin = cube.to_unit(frame.camera_to_world[:3, 3][None])[0]
+    moment = np.cross(np.broadcast_to(origin, dirs.shape), dirs)
+    return np.concatenate([dirs, moment], axis=-1).transpose(2, 0, 1).astype(np.float32)
+
+
+def view_inputs(capture: CaptureSet, cube: TargetCube, use_depth: bool, size: int = VIEW_SIZE) -> np.ndarray:
+    """(V, VIEW_CHANNELS, size, size) float32 network input for every view."""
+    out = np.zeros((len(capture.frames), VIEW_CHANNELS, size, size), dtype=np.float32)
+    for i, frame in enumerate(capture.frames):
+        rgb = cv2.resize(frame.rgb, (size, size), interpolation=cv2.INTER_AREA)
+        out[i, 0:3] = rgb.transpose(2, 0, 1) / 255.0
+        mask = frame.mask if frame.mask is not None else np.ones(frame.rgb.shape[:2], bool)
+        out[i, 3] = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        if use_depth and frame.depth is not None:
+            depth = cv2.resize(frame.depth, (size, size), interpolation=cv2.INTER_NEAREST)
+            valid = depth > 0
+            # Depth relative to the cube centre's distance, in cube units: O(1) for any scene.
+            centre_distance = np.linalg.norm(frame.camera_to_world[:3, 3] - cube.center)
+            out[i, 4] = np.where(valid, (depth - centre_distance) / cube.side, 0.0)
+            out[i, 5] = valid
+        out[i, 6:12] = plucker_rays(frame, cube, size)
+    return out
