@@ -35,6 +35,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         max_views=args.max_views,
         seed=args.seed,
         resolution=args.resolution,
+        weights_dir=args.weights_dir,
+        backend_options={"steps": args.steps, "cfg_scale": args.cfg_scale},
     )
     progress, close = _progress_bar(sys.stderr.isatty())
     try:
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--max-views", type=int, default=None)
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--resolution", type=int, default=96, help="voxels along the target cube")
+    rec.add_argument("--weights-dir", default=None, help="rvg weights (default: shipped)")
+    rec.add_argument("--steps", type=int, default=30, help="rvg: flow sampling steps")
+    rec.add_argument("--cfg-scale", type=float, default=7.5, help="rvg: classifier-free guidance")
     rec.set_defaults(func=_cmd_reconstruct)
 
     node = sub.add_parser("node", help="run the ROS 2 node (what the launch file runs)")

@@ -5,7 +5,7 @@ The node, the CLI, the demo and the evaluation harness all call ``reconstruct_fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class ReconstructSettings:
     # Region of interest in the world frame: (min corner, max corner); None = find the object.
     roi: tuple[np.ndarray, np.ndarray] | None = None
     frame_id: str = "world"
+    # Backend-specific options (e.g. rvg: steps, cfg_scale, use_condition).
+    backend_options: dict[str, object] = field(default_factory=dict)
 
 
 def reconstruct_frames(
@@ -45,6 +47,7 @@ def reconstruct_frames(
             resolution=settings.resolution,
             cloud_points=settings.cloud_points,
             weights_dir=settings.weights_dir,
+            extra=dict(settings.backend_options),
         ),
     )
     capture = make_capture_set(

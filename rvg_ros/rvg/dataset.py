@@ -40,13 +40,17 @@ class DataConfig:
     supersample: int = 2  # occupancy target: fraction of 2^3 sub-samples inside
 
 
-def occupancy_grid(obj: SimObject, cube: TargetCube, resolution: int, supersample: int) -> np.ndarray:
+def occupancy_grid(
+    obj: SimObject, cube: TargetCube, resolution: int, supersample: int
+) -> np.ndarray:
     """Fraction of each voxel inside the object, (res, res, res) float32 in [0, 1]."""
     fine = resolution * supersample
     inside = obj.occupancy(voxel_centres(cube, fine)).reshape((fine,) * 3)
     s = supersample
-    return inside.reshape(resolution, s, resolution, s, resolution, s).mean(axis=(1, 3, 5)).astype(
-        np.float32
+    return (
+        inside.reshape(resolution, s, resolution, s, resolution, s)
+        .mean(axis=(1, 3, 5))
+        .astype(np.float32)
     )
 
 
@@ -56,18 +60,23 @@ def render_sample_frames(seed: int, config: DataConfig) -> tuple[SimObject, list
     n = int(rng.integers(config.min_views, config.max_views + 1))
     sampler = str(rng.choice(config.samplers))
     intrinsics = default_intrinsics(config.render_size, config.render_size, rng.uniform(40, 60))
-    radius = fit_radius(np.linalg.norm(obj.bounds[1] - obj.bounds[0]), intrinsics, rng.uniform(0.45, 0.8))
+    radius = fit_radius(
+        np.linalg.norm(obj.bounds[1] - obj.bounds[0]), intrinsics, rng.uniform(0.45, 0.8)
+    )
     centre = obj.bounds.mean(axis=0)
     poses = sample_views(sampler, n, radius, rng, centre)
     noise = DepthNoise() if rng.random() < config.depth_noise_probability else None
-    frames = render_frames(obj.mesh, poses, intrinsics, depth=True, masks=True, depth_noise=noise,
-                           seed=seed)
+    frames = render_frames(
+        obj.mesh, poses, intrinsics, depth=True, masks=True, depth_noise=noise, seed=seed
+    )
     return obj, frames
 
 
 def _without_depth(frames: list[Frame]) -> list[Frame]:
-    return [Frame(rgb=f.rgb, intrinsics=f.intrinsics, camera_to_world=f.camera_to_world, mask=f.mask)
-            for f in frames]
+    return [
+        Frame(rgb=f.rgb, intrinsics=f.intrinsics, camera_to_world=f.camera_to_world, mask=f.mask)
+        for f in frames
+    ]
 
 
 def make_sample(seed: int, config: DataConfig) -> dict[str, np.ndarray]:
@@ -80,7 +89,9 @@ def make_sample(seed: int, config: DataConfig) -> dict[str, np.ndarray]:
         cube = completion_cube(capture)
         out[f"{modality}_cube"] = np.array([*cube.center, cube.side], dtype=np.float64)
         out[f"{modality}_evidence"] = evidence_grid(capture, cube, config.resolution, use_depth)
-        out[f"{modality}_occupancy"] = occupancy_grid(obj, cube, config.resolution, config.supersample)
+        out[f"{modality}_occupancy"] = occupancy_grid(
+            obj, cube, config.resolution, config.supersample
+        )
         out[f"{modality}_views"] = view_inputs(capture, cube, use_depth).astype(np.float16)
     return out
 
@@ -89,8 +100,9 @@ def sample_path(root: Path, seed: int) -> Path:
     return Path(root) / f"{seed:08d}.npz"
 
 
-def generate(root: Path, first_seed: int, count: int, config: DataConfig, stride: int = 1,
-             offset: int = 0) -> int:
+def generate(
+    root: Path, first_seed: int, count: int, config: DataConfig, stride: int = 1, offset: int = 0
+) -> int:
     """Write samples for seeds first_seed + offset, + stride, ...; skips existing files.
 
     Resumable and parallelisable (run workers with the same stride and different offsets).
@@ -115,7 +127,6 @@ def generate(root: Path, first_seed: int, count: int, config: DataConfig, stride
     return written
 
 
-
 def generate_parallel(root: Path, split: str, count: int, workers: int, config: DataConfig) -> int:
     """``generate`` in ``workers`` processes (each takes every workers-th seed)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -124,5 +135,7 @@ def generate_parallel(root: Path, split: str, count: int, workers: int, config: 
     if workers <= 1:
         return generate(root, first, count, config)
     with ProcessPoolExecutor(workers) as pool:
-        jobs = [pool.submit(generate, root, first, count, config, workers, k) for k in range(workers)]
+        jobs = [
+            pool.submit(generate, root, first, count, config, workers, k) for k in range(workers)
+        ]
         return sum(job.result() for job in jobs)

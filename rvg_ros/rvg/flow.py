@@ -15,7 +15,10 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def flow_matching_loss(
-    velocity: VelocityFn, x0: torch.Tensor, drop: torch.Tensor, weight: torch.Tensor,
+    velocity: VelocityFn,
+    x0: torch.Tensor,
+    drop: torch.Tensor,
+    weight: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Conditional flow matching: weighted MSE between predicted and true velocity."""
@@ -30,8 +33,12 @@ def flow_matching_loss(
 
 @torch.no_grad()
 def sample_flow(
-    velocity: VelocityFn, shape: tuple[int, ...], steps: int, cfg_scale: float,
-    generator: torch.Generator, device: str = "cpu",
+    velocity: VelocityFn,
+    shape: tuple[int, ...],
+    steps: int,
+    cfg_scale: float,
+    generator: torch.Generator,
+    device: str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Euler integration from t=1 to t=0 with CFG: v = v_u + s (v_c - v_u).
@@ -48,8 +55,7 @@ def sample_flow(
         if cfg_scale == 1.0:
             v = velocity(x, tb, keep)
         else:
-            both = velocity(torch.cat([x, x]), torch.cat([tb, tb]),
-                            torch.cat([keep, ~keep]))
+            both = velocity(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([keep, ~keep]))
             v_cond, v_uncond = both[:b], both[b:]
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         x = x + (t_next - t) * v

@@ -30,14 +30,14 @@ class ModelConfig:
     view_size: int = VIEW_SIZE
     view_channels: int = VIEW_CHANNELS
     view_patch: int = 8
-    cond_dim: int = 128
+    cond_dim: int = 96
     encoder_depth: int = 4
     condition_depth: int = 4
     condition_tokens: int = 32
     evidence_patch: int = 4
     flow_patch: int = 4
-    flow_dim: int = 160
-    flow_depth: int = 6
+    flow_dim: int = 128
+    flow_depth: int = 4
     heads: int = 4
 
 
@@ -50,33 +50,43 @@ class RVGModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = MultiViewEncoder(c.view_channels, c.cond_dim, c.encoder_depth, c.heads,
-                                        c.view_size, c.view_patch)
+        self.encoder = MultiViewEncoder(
+            c.view_channels, c.cond_dim, c.encoder_depth, c.heads, c.view_size, c.view_patch
+        )
         self.evidence_tokens = EvidenceTokens(c.cond_dim, c.resolution, c.evidence_patch)
         self.condition = ConditionNet(c.cond_dim, c.condition_depth, c.heads, c.condition_tokens)
         self.null_condition = nn.Parameter(torch.zeros(1, c.condition_tokens, c.cond_dim))
-        self.flow = SparseStructureFlow(c.resolution, c.flow_patch, c.flow_dim, c.flow_depth,
-                                        c.heads, c.cond_dim)
+        self.flow = SparseStructureFlow(
+            c.resolution, c.flow_patch, c.flow_dim, c.flow_depth, c.heads, c.cond_dim
+        )
 
     @staticmethod
     def onehot(evidence: torch.Tensor) -> torch.Tensor:
         """(B, R, R, R) uint8 states -> (B, 3, R, R, R) float."""
         return F.one_hot(evidence.long(), 3).permute(0, 4, 1, 2, 3).float()
 
-    def global_condition(self, evidence_onehot: torch.Tensor, views: torch.Tensor,
-                         view_mask: torch.Tensor) -> torch.Tensor:
+    def global_condition(
+        self, evidence_onehot: torch.Tensor, views: torch.Tensor, view_mask: torch.Tensor
+    ) -> torch.Tensor:
         """The GGC: Condition Net over all views' tokens and the evidence tokens."""
         tokens = self.encoder(views, view_mask)  # (B, V, T, D)
         b, v, t, d = tokens.shape
         padding = (~view_mask)[:, :, None].expand(b, v, t).reshape(b, v * t)
         ev = self.evidence_tokens(evidence_onehot)
         context = torch.cat([tokens.reshape(b, v * t, d), ev], dim=1)
-        padding = torch.cat([padding, torch.zeros(b, ev.shape[1], dtype=torch.bool,
-                                                   device=padding.device)], dim=1)
+        padding = torch.cat(
+            [padding, torch.zeros(b, ev.shape[1], dtype=torch.bool, device=padding.device)], dim=1
+        )
         return self.condition(context, padding)
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, evidence_onehot: torch.Tensor,
-                 condition: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def velocity(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        evidence_onehot: torch.Tensor,
+        condition: torch.Tensor,
+        drop: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Velocity v = eps - x0. ``drop`` (B,) True replaces the GGC by the null condition."""
         if drop is not None:
             null = self.null_condition.expand(condition.shape[0], -1, -1)

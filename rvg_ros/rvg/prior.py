@@ -69,7 +69,9 @@ def _silhouette(frame: Frame) -> np.ndarray:
     return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
 
 
-def evidence_grid(capture: CaptureSet, cube: TargetCube, resolution: int, use_depth: bool) -> np.ndarray:
+def evidence_grid(
+    capture: CaptureSet, cube: TargetCube, resolution: int, use_depth: bool
+) -> np.ndarray:
     """(res, res, res) uint8 of UNKNOWN / FREE / SURFACE.
 
     FREE: some view saw through the voxel (outside the silhouette, or in front of the measured
@@ -115,7 +117,9 @@ def plucker_rays(frame: Frame, cube: TargetCube, size: int) -> np.ndarray:
     return np.concatenate([dirs, moment], axis=-1).transpose(2, 0, 1).astype(np.float32)
 
 
-def view_inputs(capture: CaptureSet, cube: TargetCube, use_depth: bool, size: int = VIEW_SIZE) -> np.ndarray:
+def view_inputs(
+    capture: CaptureSet, cube: TargetCube, use_depth: bool, size: int = VIEW_SIZE
+) -> np.ndarray:
     """(V, VIEW_CHANNELS, size, size) float32 network input for every view."""
     out = np.zeros((len(capture.frames), VIEW_CHANNELS, size, size), dtype=np.float32)
     for i, frame in enumerate(capture.frames):

@@ -105,8 +105,9 @@ def velocity_fn(model: RVGModel, evidence_onehot: torch.Tensor, condition: torch
 
     def velocity(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         reps = x.shape[0] // evidence_onehot.shape[0]
-        return model.velocity(x, t, evidence_onehot.repeat(reps, 1, 1, 1, 1),
-                              condition.repeat(reps, 1, 1), drop)
+        return model.velocity(
+            x, t, evidence_onehot.repeat(reps, 1, 1, 1, 1), condition.repeat(reps, 1, 1), drop
+        )
 
     return velocity
 
@@ -118,16 +119,27 @@ def enforce_evidence(occupancy: torch.Tensor, evidence: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def predict_occupancy(model: RVGModel, batch: dict[str, torch.Tensor], steps: int, cfg: float,
-                      seed: int, use_condition: bool = True) -> torch.Tensor:
+def predict_occupancy(
+    model: RVGModel,
+    batch: dict[str, torch.Tensor],
+    steps: int,
+    cfg: float,
+    seed: int,
+    use_condition: bool = True,
+) -> torch.Tensor:
     """Occupancy probability (B, R, R, R) in [0, 1], evidence enforced."""
     onehot = model.onehot(batch["evidence"])
     condition = model.global_condition(onehot, batch["views"], batch["view_mask"])
     if not use_condition:
         condition = model.null_condition.expand(condition.shape[0], -1, -1)
     generator = torch.Generator().manual_seed(seed)
-    x0 = sample_flow(velocity_fn(model, onehot, condition), tuple(batch["occupancy"][:, None].shape),
-                     steps, cfg, generator)
+    x0 = sample_flow(
+        velocity_fn(model, onehot, condition),
+        tuple(batch["occupancy"][:, None].shape),
+        steps,
+        cfg,
+        generator,
+    )
     occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
     return enforce_evidence(occupancy, batch["evidence"])
 
@@ -146,8 +158,14 @@ def voxel_scores(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, model: RVGModel, ema: RVGModel, optimizer: torch.optim.Optimizer,
-                    step: int, config: TrainConfig) -> None:
+def save_checkpoint(
+    path: Path,
+    model: RVGModel,
+    ema: RVGModel,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: TrainConfig,
+) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
     names = {id(p): n for n, p in model.named_parameters()}
@@ -157,15 +175,19 @@ def save_checkpoint(path: Path, model: RVGModel, ema: RVGModel, optimizer: torch
             if state:
                 tensors[f"opt.exp_avg.{names[id(p)]}"] = state["exp_avg"].contiguous()
                 tensors[f"opt.exp_avg_sq.{names[id(p)]}"] = state["exp_avg_sq"].contiguous()
-    meta = {"step": str(step), "train_config": json.dumps(asdict(config)),
-            "model_config": json.dumps(asdict(model.config))}
+    meta = {
+        "step": str(step),
+        "train_config": json.dumps(asdict(config)),
+        "model_config": json.dumps(asdict(model.config)),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model: RVGModel, ema: RVGModel,
-                    optimizer: torch.optim.Optimizer) -> int:
+def load_checkpoint(
+    path: Path, model: RVGModel, ema: RVGModel, optimizer: torch.optim.Optimizer
+) -> int:
     tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -240,8 +262,9 @@ def _append_csv(path: Path, row: dict[str, float]) -> None:
         writer.writerow(row)
 
 
-def train(data: Path, out: Path, config: TrainConfig, model_config: ModelConfig,
-          progress: bool = True) -> Path:
+def train(
+    data: Path, out: Path, config: TrainConfig, model_config: ModelConfig, progress: bool = True
+) -> Path:
     """Train (or resume) and return the path of the exported EMA weights."""
     torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,12 +273,17 @@ def train(data: Path, out: Path, config: TrainConfig, model_config: ModelConfig,
     ema = RVGModel(model_config)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     step = 0
     if (out / CHECKPOINT).exists():
         step = load_checkpoint(out / CHECKPOINT, model, ema, optimizer)
-    (out / "config.json").write_text(json.dumps(
-        {"train": asdict(config), "model": asdict(model_config), "data": str(data)}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {"train": asdict(config), "model": asdict(model_config), "data": str(data)}, indent=2
+        )
+    )
     train_files = list_samples(Path(data) / "train")
     val_files = list_samples(Path(data) / "val")[: config.val_samples]
     if not train_files:
@@ -270,8 +298,12 @@ def train(data: Path, out: Path, config: TrainConfig, model_config: ModelConfig,
         if step % 500 == 0:
             train_files = list_samples(Path(data) / "train")  # data may still be growing
         rng = np.random.default_rng([config.seed, step])
-        batch = collate([load_item(train_files[i], rng, config)
-                         for i in rng.choice(len(train_files), config.batch)])
+        batch = collate(
+            [
+                load_item(train_files[i], rng, config)
+                for i in rng.choice(len(train_files), config.batch)
+            ]
+        )
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
@@ -280,8 +312,12 @@ def train(data: Path, out: Path, config: TrainConfig, model_config: ModelConfig,
         condition = model.global_condition(onehot, batch["views"], batch["view_mask"])
         drop = torch.rand(config.batch, generator=generator) < config.condition_dropout
         x0 = (2 * batch["occupancy"] - 1)[:, None]
-        weight = 1.0 + (config.unknown_weight - 1.0) * (batch["evidence"] == UNKNOWN).float()[:, None]
-        loss = flow_matching_loss(velocity_fn(model, onehot, condition), x0, drop, weight, generator)
+        weight = (
+            1.0 + (config.unknown_weight - 1.0) * (batch["evidence"] == UNKNOWN).float()[:, None]
+        )
+        loss = flow_matching_loss(
+            velocity_fn(model, onehot, condition), x0, drop, weight, generator
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -295,10 +331,16 @@ def train(data: Path, out: Path, config: TrainConfig, model_config: ModelConfig,
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.4f}")
         if step % config.log_every == 0:
-            _append_csv(out / "loss.csv", {"step": step, "loss": float(np.mean(running)),
-                                           "lr": learning_rate(step, config),
-                                           "seconds": time.monotonic() - t0,
-                                           "train_files": len(train_files)})
+            _append_csv(
+                out / "loss.csv",
+                {
+                    "step": step,
+                    "loss": float(np.mean(running)),
+                    "lr": learning_rate(step, config),
+                    "seconds": time.monotonic() - t0,
+                    "train_files": len(train_files),
+                },
+            )
             running = []
         if step % config.checkpoint_every == 0 or step == config.steps:
             save_checkpoint(out / CHECKPOINT, model, ema, optimizer, step, config)
@@ -334,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
 
         config = DataConfig()
         n_val = generate_parallel(Path(args.out) / "val", "val", args.val, args.workers, config)
-        n_train = generate_parallel(Path(args.out) / "train", "train", args.train, args.workers, config)
+        n_train = generate_parallel(
+            Path(args.out) / "train", "train", args.train, args.workers, config
+        )
         print(f"wrote {n_val} validation and {n_train} training samples to {args.out}")
         return 0
     config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})

@@ -54,14 +54,16 @@ class StageTimer:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[Callable[[float], None]]:
-        """Context for one stage; yields ``sub(fraction)`` to report progress inside it."""
+    def stage(self, name: str) -> Iterator[Callable[..., None]]:
+        """Context for one stage; yields ``sub(fraction, label=None)`` to report progress inside
+        it (``label`` refines the stage name, e.g. "sampling 3/30")."""
         start_fraction = self._done
         share = self._weights.get(name, 0.0)
         self._progress(name, start_fraction)
 
-        def sub(fraction: float) -> None:
-            self._progress(name, start_fraction + share * min(max(fraction, 0.0), 1.0))
+        def sub(fraction: float, label: str | None = None) -> None:
+            fraction = start_fraction + share * min(max(fraction, 0.0), 1.0)
+            self._progress(label or name, fraction)
 
         t0 = time.perf_counter()
         try:

@@ -7,6 +7,8 @@ silhouette carving (see ``hull.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import open3d as o3d
 import open3d.core as o3c
@@ -22,7 +24,7 @@ from rvg_ros.core.backends.hull import HullBackend
 from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import invert_rigid
 from rvg_ros.core.surface import finish_mesh, sample_cloud
-from rvg_ros.core.types import CaptureSet, Mesh, Reconstruction, ReconstructionError
+from rvg_ros.core.types import CaptureSet, Frame, Mesh, Reconstruction, ReconstructionError
 
 _STAGES = {"integrate": 3.0, "extract": 1.0, "colour": 2.0, "sample": 0.5}
 # TSDF truncation in voxels: wide enough for sensor noise, narrow enough for thin walls.
@@ -47,7 +49,9 @@ class FusionBackend:
         timer = StageTimer(progress, _STAGES)
         voxel = self.options.voxel_size or capture.target.side / self.options.resolution
         with timer.stage("integrate") as sub:
-            grid = self._integrate(capture, voxel, sub)
+            grid = integrate_tsdf(
+                capture.frames, voxel, capture.target.side, self.options.device, sub
+            )
         with timer.stage("extract"):
             legacy = grid.extract_triangle_mesh(weight_threshold=1.0).to_legacy()
             box = o3d.geometry.AxisAlignedBoundingBox(
@@ -74,49 +78,62 @@ class FusionBackend:
             extras={"method": "tsdf fusion", "voxel_size": voxel},
         )
 
-    def _integrate(
-        self, capture: CaptureSet, voxel: float, sub: ProgressFn
-    ) -> o3d.t.geometry.VoxelBlockGrid:
-        device = open3d_device(self.options.device)
-        block_resolution = 8
-        blocks_per_side = int(np.ceil(capture.target.side / (voxel * block_resolution))) + 2
-        grid = o3d.t.geometry.VoxelBlockGrid(
-            attr_names=("tsdf", "weight", "color"),
-            attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-            attr_channels=((1), (1), (3)),
-            voxel_size=voxel,
-            block_resolution=block_resolution,
-            # Enough blocks for the whole cube; a surface needs far fewer.
-            block_count=max(1000, min(blocks_per_side**3, 60_000)),
-            device=device,
+
+def integrate_tsdf(
+    frames: list[Frame],
+    voxel: float,
+    extent: float,
+    device_name: str,
+    sub: Callable[[float], None] | None = None,
+    with_colour: bool = True,
+) -> o3d.t.geometry.VoxelBlockGrid:
+    """TSDF of the frames' depth in an Open3D ``VoxelBlockGrid`` (voxel sample points at
+    integer multiples of ``voxel``; tsdf normalised by the truncation, in [-1, 1])."""
+    device = open3d_device(device_name)
+    block_resolution = 8
+    blocks_per_side = int(np.ceil(extent / (voxel * block_resolution))) + 2
+    names, dtypes, channels = ["tsdf", "weight"], [o3c.float32, o3c.float32], [1, 1]
+    if with_colour:
+        names, dtypes, channels = names + ["color"], dtypes + [o3c.float32], channels + [3]
+    grid = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=tuple(names),
+        attr_dtypes=tuple(dtypes),
+        attr_channels=tuple(channels),
+        voxel_size=voxel,
+        block_resolution=block_resolution,
+        # Enough blocks for the whole cube; a surface needs far fewer.
+        block_count=max(1000, min(blocks_per_side**3, 60_000)),
+        device=device,
+    )
+    integrated = 0
+    for i, frame in enumerate(frames):
+        if sub is not None:
+            sub((i + 1) / len(frames))
+        if frame.depth is None or not np.any(frame.depth > 0):
+            continue  # no depth on the object in this view: nothing to fuse
+        integrated += 1
+        depth = o3d.t.geometry.Image(o3c.Tensor(frame.depth)).to(device)
+        # Open3D puts pixel centres at (u + 0.5, v + 0.5) (it truncates projections);
+        # ROS/OpenCV intrinsics put them at integer (u, v). Shift so the two agree: this
+        # halves the fused surface error on an analytic sphere (0.66 -> 0.31 mm).
+        intrinsic = o3c.Tensor(
+            frame.intrinsics.matrix + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]),
+            o3c.float64,
         )
-        integrated = 0
-        for i, frame in enumerate(capture.frames):
-            sub((i + 1) / len(capture.frames))
-            if not np.any(frame.depth > 0):
-                continue  # no depth on the object in this view: nothing to fuse
-            integrated += 1
-            depth = o3d.t.geometry.Image(o3c.Tensor(frame.depth)).to(device)
+        extrinsic = o3c.Tensor(invert_rigid(frame.camera_to_world), o3c.float64)
+        depth_max = float(frame.depth.max()) + extent
+        coords = grid.compute_unique_block_coordinates(
+            depth,
+            intrinsic,
+            extrinsic,
+            depth_scale=1.0,
+            depth_max=depth_max,
+            trunc_voxel_multiplier=TRUNCATION_VOXELS,
+        )
+        if with_colour:
             # Float depth requires float colour (Open3D 0.20).
             colour = o3d.t.geometry.Image(o3c.Tensor(frame.rgb.astype(np.float32) / 255.0)).to(
                 device
-            )
-            # Open3D puts pixel centres at (u + 0.5, v + 0.5) (it truncates projections);
-            # ROS/OpenCV intrinsics put them at integer (u, v). Shift so the two agree: this
-            # halves the fused surface error on an analytic sphere (0.66 -> 0.31 mm).
-            intrinsic = o3c.Tensor(
-                frame.intrinsics.matrix + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]]),
-                o3c.float64,
-            )
-            extrinsic = o3c.Tensor(invert_rigid(frame.camera_to_world), o3c.float64)
-            depth_max = float(frame.depth.max()) + capture.target.side
-            coords = grid.compute_unique_block_coordinates(
-                depth,
-                intrinsic,
-                extrinsic,
-                depth_scale=1.0,
-                depth_max=depth_max,
-                trunc_voxel_multiplier=TRUNCATION_VOXELS,
             )
             grid.integrate(
                 coords,
@@ -129,6 +146,16 @@ class FusionBackend:
                 depth_max=depth_max,
                 trunc_voxel_multiplier=TRUNCATION_VOXELS,
             )
-        if integrated == 0:
-            raise ReconstructionError("no view has depth on the object: nothing to fuse")
-        return grid
+        else:
+            grid.integrate(
+                coords,
+                depth,
+                intrinsic,
+                extrinsic,
+                depth_scale=1.0,
+                depth_max=depth_max,
+                trunc_voxel_multiplier=TRUNCATION_VOXELS,
+            )
+    if integrated == 0:
+        raise ReconstructionError("no view has depth on the object: nothing to fuse")
+    return grid

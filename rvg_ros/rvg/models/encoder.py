@@ -10,8 +10,9 @@ from rvg_ros.rvg.models.layers import Block
 
 
 class MultiViewEncoder(nn.Module):
-    def __init__(self, in_channels: int, dim: int, depth: int, heads: int, image_size: int,
-                 patch: int) -> None:
+    def __init__(
+        self, in_channels: int, dim: int, depth: int, heads: int, image_size: int, patch: int
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
         self.tokens_per_view = (image_size // patch) ** 2

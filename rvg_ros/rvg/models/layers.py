@@ -25,7 +25,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
         key_padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n, d = x.shape
@@ -43,7 +45,9 @@ class Attention(nn.Module):
 class MLP(nn.Sequential):
     def __init__(self, dim: int, ratio: float = 4.0) -> None:
         hidden = int(dim * ratio)
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        super().__init__(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
 
 
 class Block(nn.Module):
@@ -59,8 +63,11 @@ class Block(nn.Module):
         self.mlp = MLP(dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None,
-        context_padding: torch.Tensor | None = None, self_padding: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_padding: torch.Tensor | None = None,
+        self_padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.cross is not None:
             x = x + self.cross(self.norm_cross(x), context, context_padding)

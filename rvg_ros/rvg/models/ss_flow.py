@@ -41,8 +41,9 @@ class DiTBlock(nn.Module):
 
 
 class SparseStructureFlow(nn.Module):
-    def __init__(self, resolution: int, patch: int, dim: int, depth: int, heads: int,
-                 context_dim: int) -> None:
+    def __init__(
+        self, resolution: int, patch: int, dim: int, depth: int, heads: int, context_dim: int
+    ) -> None:
         super().__init__()
         self.resolution, self.patch = resolution, patch
         self.grid = resolution // patch
@@ -58,8 +59,13 @@ class SparseStructureFlow(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, evidence_onehot: torch.Tensor,
-                context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        evidence_onehot: torch.Tensor,
+        context: torch.Tensor,
+    ) -> torch.Tensor:
         """x_t (B, 1, R, R, R), t (B,), evidence (B, 3, R, R, R), context (B, N, Dc) -> v."""
         h = self.embed(torch.cat([x_t, evidence_onehot], dim=1)).flatten(2).transpose(1, 2)
         h = h + self.pos

@@ -1,0 +1,90 @@
+"""Decode: coarse generated occupancy + observations -> a fine metric surface.
+
+Where a camera measured the surface, the surface is the measurement (the fused TSDF band);
+where nothing was measured, it is the generated occupancy. One field, one marching cubes,
+so the result is a single closed surface whose seen part is as accurate as fusion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+from skimage.measure import marching_cubes
+
+from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS, integrate_tsdf
+from rvg_ros.core.backends.hull import carve
+from rvg_ros.core.types import Frame, TargetCube
+
+
+def lattice(cube: TargetCube, voxel: float) -> tuple[np.ndarray, int]:
+    """Origin (world, on multiples of ``voxel``, as Open3D's voxel grid) and size per axis."""
+    first = np.floor(cube.min_corner / voxel)
+    last = np.ceil(cube.max_corner / voxel)
+    return first * voxel, int(np.max(last - first)) + 1
+
+
+def lattice_points(origin: np.ndarray, size: int, voxel: float) -> np.ndarray:
+    axis = np.arange(size) * voxel
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid + origin
+
+
+def upsample_occupancy(coarse: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a coarse cube grid (voxel-centre samples) at world points."""
+    res = coarse.shape[0]
+    index = (cube.to_unit(points) + 0.5) * res - 0.5
+    smooth = gaussian_filter(coarse.astype(np.float32), 0.6)
+    return map_coordinates(smooth, index.T, order=1, mode="nearest")
+
+
+def dense_tsdf(
+    frames: list[Frame], origin: np.ndarray, size: int, voxel: float, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fused TSDF (normalised by the truncation) and weight on the lattice."""
+    grid = integrate_tsdf(frames, voxel, size * voxel, device, with_colour=False)
+    coords, index = grid.voxel_coordinates_and_flattened_indices()
+    tsdf_all = grid.attribute("tsdf").reshape((-1,))
+    weight_all = grid.attribute("weight").reshape((-1,))
+    coords = coords.cpu().numpy()
+    tsdf = tsdf_all[index].cpu().numpy()
+    weight = weight_all[index].cpu().numpy()
+    ijk = np.round((coords - origin) / voxel).astype(np.int64)
+    keep = np.all((ijk >= 0) & (ijk < size), axis=1) & (weight > 0)
+    dense_t = np.ones((size,) * 3, np.float32)
+    dense_w = np.zeros((size,) * 3, np.float32)
+    i, j, k = ijk[keep].T
+    dense_t[i, j, k] = tsdf[keep]
+    dense_w[i, j, k] = weight[keep]
+    return dense_t, dense_w
+
+
+def decode_surface(
+    occupancy: np.ndarray,
+    cube: TargetCube,
+    frames: list[Frame],
+    resolution: int,
+    use_depth: bool,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """World vertices, triangles and the voxel size of the fine surface."""
+    voxel = cube.side / resolution
+    origin, size = lattice(cube, voxel)
+    points = lattice_points(origin, size, voxel)
+    generated = upsample_occupancy(occupancy, cube, points).reshape((size,) * 3)
+    if use_depth:
+        tsdf, weight = dense_tsdf(frames, origin, size, voxel, device)
+        # Generated occupancy as a normalised signed distance: p goes 1 -> 0 over about one
+        # coarse voxel, i.e. the distance changes by that much.
+        coarse_voxel = cube.side / occupancy.shape[0]
+        generated_sdf = (0.5 - generated) * coarse_voxel / (TRUNCATION_VOXELS * voxel)
+        sdf = np.where(weight > 0, tsdf, np.clip(generated_sdf, -1.0, 1.0))
+        inside, level = -sdf, 0.0
+    else:
+        silhouettes = carve(frames, points, None, lambda fraction: None).reshape((size,) * 3)
+        inside = np.minimum(gaussian_filter(silhouettes.astype(np.float32), 0.7), generated)
+        level = 0.5
+    padded = np.pad(inside, 1, mode="constant", constant_values=min(float(inside.min()), level - 1))
+    if not (padded.min() < level < padded.max()):
+        return np.zeros((0, 3)), np.zeros((0, 3), np.int32), voxel
+    vertices, faces, _, _ = marching_cubes(padded, level=level)
+    return origin + (vertices - 1.0) * voxel, faces.astype(np.int32), voxel
