@@ -58,3 +58,14 @@ def sphere_views() -> tuple[list[Frame], np.ndarray, float]:
         )
         frames.append(sphere_frame(centre, radius, eye))
     return frames, centre, radius
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """One intra-op thread: the suite's subprocesses share 2 cores, and OpenMP threads that
+    wait for a descheduled sibling make small models orders of magnitude slower."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

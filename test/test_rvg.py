@@ -1,0 +1,240 @@
+"""The learned backend's parts: prior, modules, flow matching, sampler, weights files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvg_ros.core.target import make_capture_set
+from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
+from rvg_ros.rvg.model import ModelConfig, RVGModel, WeightsError
+from rvg_ros.rvg.prior import (
+    FREE,
+    SURFACE,
+    UNKNOWN,
+    completion_cube,
+    evidence_grid,
+    view_inputs,
+    voxel_centres,
+)
+from rvg_ros.rvg.train import rotate_views_z, rotate_z, velocity_fn
+
+TINY = ModelConfig(
+    resolution=16,
+    view_size=32,
+    cond_dim=32,
+    encoder_depth=2,
+    condition_depth=2,
+    condition_tokens=8,
+    flow_dim=32,
+    flow_depth=2,
+    heads=2,
+)
+
+
+def _inputs(config: ModelConfig, batch: int = 2, views: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    r = config.resolution
+    evidence = torch.randint(0, 3, (batch, r, r, r), generator=g)
+    view_tensor = torch.randn(
+        batch, views, config.view_channels, config.view_size, config.view_size, generator=g
+    )
+    mask = torch.ones(batch, views, dtype=torch.bool)
+    mask[0, -1] = False  # padded view
+    return evidence, view_tensor, mask
+
+
+# ------------------------------------------------------------------------------------ prior
+def test_evidence_grid_marks_sphere_surface_free_space_and_unknown_interior(sphere_views) -> None:
+    frames, centre, radius = sphere_views
+    capture = make_capture_set(frames[:4])
+    cube = completion_cube(capture)
+    assert np.all(np.abs(cube.to_unit(centre[None])) < 0.2)
+    assert cube.side > 2 * radius
+    grid = evidence_grid(capture, cube, 32, use_depth=True)
+    dist = np.linalg.norm(voxel_centres(cube, 32) - centre, axis=1).reshape(grid.shape)
+    voxel = cube.side / 32
+    assert np.all(np.abs(dist[grid == SURFACE] - radius) < voxel)
+    assert np.all(dist[grid == FREE] > radius - voxel)
+    # The sphere's core is never seen: unknown, not free.
+    assert np.all(grid[dist < radius - 2 * voxel] == UNKNOWN)
+    assert (grid == FREE).mean() > 0.5
+
+
+def test_view_inputs_shapes_and_unit_ray_directions(sphere_views) -> None:
+    frames, _, _ = sphere_views
+    capture = make_capture_set(frames[:3])
+    cube = completion_cube(capture)
+    views = view_inputs(capture, cube, use_depth=True, size=32)
+    assert views.shape == (3, 12, 32, 32) and views.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(views[:, 6:9], axis=1), 1.0, atol=1e-5)
+    # The centre ray of each view points at the object, which sits near the cube centre.
+    centre_dirs = views[:, 6:9, 16, 16]
+    origins = np.stack([cube.to_unit(f.camera_to_world[:3, 3][None])[0] for f in capture.frames])
+    to_centre = -origins / np.linalg.norm(origins, axis=1, keepdims=True)
+    assert np.all(np.einsum("ij,ij->i", centre_dirs, to_centre) > 0.99)
+    assert (
+        views[:, 5].any() and not view_inputs(capture, cube, use_depth=False, size=32)[:, 5].any()
+    )
+
+
+def test_rotate_z_moves_voxels_and_rays_consistently() -> None:
+    grid = np.zeros((4, 4, 4))
+    grid[3, 1, 2] = 1  # x index 3 (x > 0), y index 1 (y < 0)
+    rotated = rotate_z(grid, 1)  # (x, y) -> (-y, x)
+    assert rotated[2, 3, 2] == 1 and rotated.sum() == 1
+    views = np.zeros((1, 12, 1, 1), np.float32)
+    views[0, 6:9, 0, 0] = [1.0, 0.0, 0.0]
+    assert np.allclose(rotate_views_z(views, 1)[0, 6:9, 0, 0], [0.0, 1.0, 0.0])
+    assert np.allclose(rotate_z(rotate_z(grid, 3), 1), grid)
+
+
+# ---------------------------------------------------------------------------------- modules
+def test_modules_shapes_and_determinism() -> None:
+    torch.manual_seed(0)
+    model = RVGModel(TINY).eval()
+    evidence, views, mask = _inputs(TINY)
+    onehot = model.onehot(evidence)
+    assert onehot.shape == (2, 3, 16, 16, 16)
+    tokens = model.encoder(views, mask)
+    assert tokens.shape == (2, 3, (32 // 8) ** 2, 32)
+    condition = model.global_condition(onehot, views, mask)
+    assert condition.shape == (2, 8, 32)
+    x = torch.randn(2, 1, 16, 16, 16)
+    t = torch.tensor([0.3, 0.9])
+    v1 = model.velocity(x, t, onehot, condition)
+    v2 = model.velocity(x, t, onehot, model.global_condition(onehot, views, mask))
+    assert v1.shape == x.shape
+    torch.testing.assert_close(v1, v2)
+
+
+def test_padded_views_do_not_change_the_condition() -> None:
+    torch.manual_seed(0)
+    model = RVGModel(TINY).eval()
+    evidence, views, mask = _inputs(TINY, batch=1)
+    mask[:] = True
+    onehot = model.onehot(evidence)
+    base = model.global_condition(onehot, views, mask)
+    padded_views = torch.cat([views, torch.randn_like(views[:, :1])], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 1, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(
+        model.global_condition(onehot, padded_views, padded_mask), base, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_flow_matching_loss_decreases_on_a_tiny_overfit_set() -> None:
+    torch.manual_seed(0)
+    model = RVGModel(TINY)
+    evidence, views, mask = _inputs(TINY)
+    occupancy = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.7
+    x0 = occupancy.float() * 2 - 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    drop = torch.zeros(2, dtype=torch.bool)
+    losses = []
+    for _ in range(30):
+        onehot = model.onehot(evidence)
+        condition = model.global_condition(onehot, views, mask)
+        g = torch.Generator().manual_seed(0)  # one fixed (t, noise) draw: pure regression
+        loss = flow_matching_loss(
+            velocity_fn(model, onehot, condition), x0, drop, torch.ones_like(x0), g
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+# ---------------------------------------------------------------------------------- sampler
+def _toy_velocity(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """Conditional branch pulls towards +1, unconditional towards -1 (v = eps - x0)."""
+    target = torch.where(drop[:, None, None, None, None], -1.0, 1.0)
+    return (x - target) / t.clamp(min=1e-3)[:, None, None, None, None]
+
+
+def test_sampler_is_deterministic_by_seed() -> None:
+    def velocity(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        return 0.3 * x + torch.where(drop[:, None, None, None, None], -1.0, 1.0)
+
+    def run(seed: int) -> torch.Tensor:
+        return sample_flow(velocity, (1, 1, 4, 4, 4), 8, 3.0, torch.Generator().manual_seed(seed))
+
+    torch.testing.assert_close(run(1), run(1))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_cfg_scale_one_equals_the_conditional_prediction() -> None:
+    shape = (2, 1, 4, 4, 4)
+    guided = sample_flow(_toy_velocity, shape, 10, 1.0, torch.Generator().manual_seed(0))
+    # Plain Euler with the conditional velocity only.
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    times = torch.linspace(1.0, 0.0, 11)
+    keep = torch.zeros(2, dtype=torch.bool)
+    for i in range(10):
+        x = x + (times[i + 1] - times[i]) * _toy_velocity(
+            x, torch.full((2,), float(times[i])), keep
+        )
+    torch.testing.assert_close(guided, x)
+    assert torch.allclose(guided, torch.ones_like(guided), atol=1e-4)
+    # Scale 0 is the unconditional branch; > 1 extrapolates past the conditional target.
+    unconditional = sample_flow(_toy_velocity, shape, 10, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(unconditional, -torch.ones_like(unconditional), atol=1e-4)
+
+
+def test_model_sampling_is_deterministic_end_to_end() -> None:
+    torch.manual_seed(0)
+    model = RVGModel(TINY).eval()
+    evidence, views, mask = _inputs(TINY, batch=1, views=2)
+    mask[:] = True
+    onehot = model.onehot(evidence)
+    condition = model.global_condition(onehot, views, mask)
+
+    def run() -> torch.Tensor:
+        return sample_flow(
+            velocity_fn(model, onehot, condition),
+            (1, 1, 16, 16, 16),
+            4,
+            7.5,
+            torch.Generator().manual_seed(3),
+        )
+
+    torch.testing.assert_close(run(), run())
+
+
+# ---------------------------------------------------------------------------------- weights
+def test_weights_round_trip_and_clear_errors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = RVGModel(TINY)
+    path = tmp_path / "w.safetensors"
+    model.save(path)
+    loaded = RVGModel.load(path)
+    assert loaded.config == TINY
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="corrupt or unreadable"):
+        RVGModel.load(corrupt)
+    with pytest.raises(WeightsError, match="not found"):
+        RVGModel.load(tmp_path / "missing.safetensors")
+
+    other = RVGModel(replace(TINY, flow_dim=48))
+    tensors_path = tmp_path / "other.safetensors"
+    other.save(tensors_path)
+    # A file whose config says one thing and whose tensors say another.
+    from safetensors.torch import load_file, save_file
+
+    save_file(
+        load_file(str(tensors_path)),
+        str(tensors_path),
+        metadata={"config": __import__("json").dumps(TINY.__dict__)},
+    )
+    with pytest.raises(WeightsError, match="does not match"):
+        RVGModel.load(tensors_path)
