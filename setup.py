@@ -32,7 +32,7 @@ setup(
     packages=find_packages(include=[PACKAGE_NAME, PACKAGE_NAME + ".*"]),
     # Non-Python files inside the package (e.g. assets a backend ships) travel with it.
     include_package_data=True,
-    package_data={PACKAGE_NAME: ["**/*.yaml", "**/*.json"]},
+    package_data={PACKAGE_NAME: ["**/*.yaml", "**/*.json", "weights/*.safetensors"]},
     # Like an ament_python package: register rvg_ros in the ament index of the install prefix
     # and put launch/ and config/ in share/rvg_ros, so ament_index_python's
     # get_package_share_directory('rvg_ros') finds them in the venv as in a colcon install.

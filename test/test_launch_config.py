@@ -82,3 +82,9 @@ def test_rviz_config_shows_the_node_topics() -> None:
     rviz = (ROOT / "config" / "rvg.rviz").read_text()
     for topic in ("cloud", "mesh_marker", "camera_frusta", "preview"):
         assert f"/rvg_reconstruct/{topic}" in rviz
+
+
+def test_readme_documents_every_node_parameter() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name, _, _ in NODE_PARAMETERS if f"`{name}`" not in readme]
+    assert not missing, missing

@@ -95,6 +95,8 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
     ("resolution", 96, "Voxels along the side of the target cube."),
     ("cloud_points", 50000, "Points sampled on the result's surface for the PointCloud2."),
     ("seed", 0, "Seed for anything random in a reconstruction."),
+    ("rvg_steps", 30, "rvg: Euler steps of the shape flow (paper: 30)."),
+    ("rvg_cfg_scale", 7.5, "rvg: classifier-free guidance scale (paper: 7.5; 1 = off)."),
     ("weights_dir", "", "Directory of model weights for learned backends; empty = shipped."),
     (
         "session_dir",
@@ -463,6 +465,10 @@ class ReconstructNode(Node):
             weights_dir=self.p("weights_dir") or None,
             roi=self._roi(),
             frame_id=self.p("target_frame"),
+            backend_options={
+                "steps": int(self.p("rvg_steps")),
+                "cfg_scale": float(self.p("rvg_cfg_scale")),
+            },
         )
 
     def _start(self, settings: ReconstructSettings, cancel: threading.Event) -> Future | str:
