@@ -58,6 +58,13 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     )
 
 
+def support_points(points: np.ndarray) -> np.ndarray:
+    """The extreme points of ``points`` in ``HULL_DIRECTIONS`` directions: their convex hull
+    approximates that of all points (see ``HULL_DIRECTIONS``) at a fraction of the cost."""
+    directions = fibonacci_sphere(HULL_DIRECTIONS)
+    return points[np.unique(np.argmax(points @ directions.T, axis=0))]
+
+
 def hull_without_depth(
     name: str, capture: CaptureSet, options: BackendOptions, progress: ProgressFn
 ) -> Reconstruction:
@@ -72,8 +79,7 @@ def hull_without_depth(
 def hull_field(points: np.ndarray, centres: np.ndarray, voxel: float) -> np.ndarray:
     """Signed distance (metres, negative inside) of ``centres`` to the convex hull of
     ``points``: exact within 1.5 voxels of the hull's surface, voxel-accurate elsewhere."""
-    directions = fibonacci_sphere(HULL_DIRECTIONS)
-    support = points[np.unique(np.argmax(points @ directions.T, axis=0))]
+    support = support_points(points)
     try:
         hull = ConvexHull(support)
     except (QhullError, ValueError) as exc:
@@ -126,17 +132,16 @@ def free_space_field(
     for frame in frames:
         if frame.depth is None or frame.mask is None:
             raise ReconstructionError("free-space carving needs depth and a mask in every view")
+        # Per pixel, the depth up to which its ray is known to be empty: +inf off the object,
+        # -inf where the object has no depth reading, else the (slack-reduced) measurement.
+        on_object = binary_closing(frame.mask, iterations=2) | frame.mask
+        depth = frame.depth.astype(np.float32)
+        limit = np.where(depth > 0, depth - margin - _depth_tolerance(depth), -np.inf)
+        limit = np.where(on_object, limit, np.inf).astype(np.float32)
         uv, z = project(points, frame.intrinsics, frame.camera_to_world)
-        mask = binary_closing(frame.mask, iterations=2) | frame.mask
-        on_object, seen = lookup_pixels(mask, uv, z > 0)
-        depth, _ = lookup_pixels(frame.depth, uv, seen)
-        tolerance, _ = lookup_pixels(_depth_tolerance(frame.depth), uv, seen)
-        value = np.where(
-            seen & ~on_object,
-            truncation,
-            np.where(seen & (depth > 0), depth - z - margin - tolerance, -truncation),
-        )
-        np.maximum(field, np.clip(value, -truncation, truncation), out=field)
+        free_to, seen = lookup_pixels(limit, uv, z > 0)
+        value = np.where(seen, np.clip(free_to - z, -truncation, truncation), -truncation)
+        np.maximum(field, value, out=field)
     return field
 
 

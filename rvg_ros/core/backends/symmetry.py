@@ -1,0 +1,246 @@
+"""Search for a symmetry of a partially observed object: a mirror plane or a rotation axis.
+
+A candidate symmetry ``T`` is judged by where it sends the observed surface points ``P``, using
+the views' depth and masks:
+
+- *agree*: ``T(p)`` lands on a measured surface (some view's depth within a tolerance);
+- *violate*: ``T(p)`` lands where some view saw free space (outside its mask, or clearly in
+  front of its measured depth) or outside the target cube;
+- otherwise it lands where nobody looked (*unknown*) -- which is what completion is for.
+
+The search runs coarse candidates (plane normals on a hemisphere x offsets; axis directions with
+the axis placed by a circle fit), refines the best ones by pattern search on
+``agree - VIOLATION_WEIGHT * violate``, and then keeps the *most informative consistent* one: among
+candidates whose decidable points nearly all agree, the one sending the most points into unknown
+space. (The most *agreeing* symmetry is usually a left-right mirror of what the cameras saw,
+which is consistent but completes nothing.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import binary_dilation, minimum_filter
+from scipy.spatial.transform import Rotation
+
+from rvg_ros.core.geometry import invert_rigid, lookup_pixels
+from rvg_ros.core.types import Frame, TargetCube
+
+VIOLATION_WEIGHT = 4.0
+# A symmetry is accepted when at least this share of the reflected points that land somewhere
+# observed agree with the observation, and at least MIN_AGREE of all of them agree.
+MIN_CONSISTENCY = 0.95
+MIN_AGREE = 0.15
+# Rotations tried for an axis of revolution (besides the identity).
+AXIS_STEPS = 8
+SCORE_POINTS = 800
+# Mask dilation (pixels) and depth neighbourhood (pixels) that absorb silhouette and
+# depth-edge discretisation when judging a reflected point.
+MASK_SLACK_PX = 3
+DEPTH_WINDOW_PX = 5
+
+
+@dataclass
+class Symmetry:
+    """``kind`` "plane": ``direction`` is the plane normal, ``point`` a point on it.
+    ``kind`` "axis": a continuous rotational symmetry about the line (``point``, ``direction``)."""
+
+    kind: str
+    direction: np.ndarray
+    point: np.ndarray
+    agree: float = 0.0
+    violate: float = 0.0
+    unknown: float = 0.0
+
+    def transforms(self) -> list[np.ndarray]:
+        """4x4 transforms mapping the object onto itself (the identity excluded)."""
+        n = self.direction / np.linalg.norm(self.direction)
+        if self.kind == "plane":
+            t = np.eye(4)
+            t[:3, :3] -= 2.0 * np.outer(n, n)
+            t[:3, 3] = 2.0 * (self.point @ n) * n
+            return [t]
+        out = []
+        for k in range(1, AXIS_STEPS):
+            r = Rotation.from_rotvec(n * 2.0 * np.pi * k / AXIS_STEPS).as_matrix()
+            t = np.eye(4)
+            t[:3, :3] = r
+            t[:3, 3] = self.point - r @ self.point
+            out.append(t)
+        return out
+
+    @property
+    def consistency(self) -> float:
+        decided = self.agree + self.violate
+        return self.agree / decided if decided > 0 else 0.0
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "direction": np.round(self.direction, 4).tolist(),
+            "point": np.round(self.point, 5).tolist(),
+            "agree": round(self.agree, 4),
+            "violate": round(self.violate, 4),
+            "unknown": round(self.unknown, 4),
+        }
+
+
+class EvidenceJudge:
+    """Classifies points against the views' observations (see the module docstring)."""
+
+    def __init__(self, frames: list[Frame], target: TargetCube, tolerance: float) -> None:
+        self.target = target
+        self.tolerance = tolerance
+        # Per view: world -> camera (3x4) and one (H, W, 3) image of what a point is judged
+        # against: dilated mask, measured depth, nearest depth in the window. One lookup per
+        # view keeps the thousands of candidate evaluations cheap.
+        self.views: list[tuple[np.ndarray, Frame, np.ndarray]] = []
+        for frame in frames:
+            if frame.depth is None or frame.mask is None:
+                raise ValueError("symmetry search needs depth and a mask in every view")
+            depth = frame.depth.astype(np.float32)
+            nearest = minimum_filter(np.where(depth > 0, depth, np.inf), size=DEPTH_WINDOW_PX)
+            planes = np.stack(
+                [
+                    binary_dilation(frame.mask, iterations=MASK_SLACK_PX).astype(np.float32),
+                    depth,
+                    np.where(np.isfinite(nearest), nearest, 0.0).astype(np.float32),
+                ],
+                axis=-1,
+            )
+            self.views.append((invert_rigid(frame.camera_to_world)[:3], frame, planes))
+
+    def classify(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(agree, violate) booleans per point."""
+        violate = np.any(np.abs(points - self.target.center) > 0.5 * self.target.side, axis=1)
+        agree = np.zeros(len(points), dtype=bool)
+        for world_to_camera, frame, planes in self.views:
+            cam = points @ world_to_camera[:, :3].T + world_to_camera[:, 3]
+            z = cam[:, 2]
+            k = frame.intrinsics
+            safe = np.where(z > 1e-9, z, 1e-9)
+            uv = np.stack([k.fx * cam[:, 0] / safe + k.cx, k.fy * cam[:, 1] / safe + k.cy], 1)
+            values, seen = lookup_pixels(planes, uv, z > 0)
+            on_object, measured, closest = values[:, 0] > 0.5, values[:, 1], values[:, 2]
+            # Free: off the (dilated) silhouette, or in front of every nearby measurement.
+            violate |= seen & (~on_object | ((closest > 0) & (z < closest - self.tolerance)))
+            agree |= seen & (measured > 0) & (np.abs(z - measured) < self.tolerance)
+        return agree, violate & ~agree
+
+    def judge(self, points: np.ndarray, transforms: list[np.ndarray]) -> tuple[float, float]:
+        """Mean (agree, violate) shares of the transformed points over all transforms."""
+        moved = np.concatenate([points @ t[:3, :3].T + t[:3, 3] for t in transforms])
+        agree, violate = self.classify(moved)
+        return float(agree.mean()), float(violate.mean())
+
+
+def _hemisphere(n: int) -> np.ndarray:
+    from rvg_ros.core.backends.completion import fibonacci_sphere
+
+    d = fibonacci_sphere(2 * n)
+    return d[d[:, 2] >= 0.0]
+
+
+def _circle_centre(points: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Least-squares (Kasa) circle centre of the points projected along ``axis``, in 3D."""
+    u = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(axis, u)
+    x, y = points @ u, points @ v
+    a = np.stack([2.0 * x, 2.0 * y, np.ones_like(x)], axis=1)
+    (cx, cy, _), *_ = np.linalg.lstsq(a, x**2 + y**2, rcond=None)
+    base = points.mean(axis=0)
+    return base - (base @ u) * u - (base @ v) * v + cx * u + cy * v
+
+
+def _score(s: Symmetry) -> float:
+    return s.agree - VIOLATION_WEIGHT * s.violate
+
+
+def _evaluate(judge: EvidenceJudge, points: np.ndarray, s: Symmetry) -> Symmetry:
+    s.agree, s.violate = judge.judge(points, s.transforms())
+    s.unknown = max(0.0, 1.0 - s.agree - s.violate)
+    return s
+
+
+def _perturbed(s: Symmetry, angle: float, shift: float) -> list[Symmetry]:
+    """Neighbours of ``s``: the direction tilted by ``angle`` about two axes, the point moved
+    by ``shift`` (along the normal for a plane, across the axis for an axis)."""
+    n = s.direction / np.linalg.norm(s.direction)
+    u = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    out = []
+    for axis in (u, v):
+        for sign in (-1.0, 1.0):
+            r = Rotation.from_rotvec(axis * sign * angle).as_matrix()
+            out.append(Symmetry(s.kind, r @ n, s.point.copy()))
+    moves = [n] if s.kind == "plane" else [u, v]
+    for m in moves:
+        for sign in (-1.0, 1.0):
+            out.append(Symmetry(s.kind, n.copy(), s.point + sign * shift * m))
+    return out
+
+
+def _refine(
+    judge: EvidenceJudge, points: np.ndarray, s: Symmetry, angle: float, shift: float
+) -> Symmetry:
+    """Pattern search: move to the best neighbour while it improves, then halve the steps."""
+    best = s
+    for _ in range(4):
+        improved = True
+        while improved:
+            improved = False
+            for candidate in _perturbed(best, angle, shift):
+                _evaluate(judge, points, candidate)
+                if _score(candidate) > _score(best) + 1e-9:
+                    best, improved = candidate, True
+        angle, shift = angle / 2.0, shift / 2.0
+    return best
+
+
+def _distinct(candidates: list[Symmetry], count: int, min_angle: float) -> list[Symmetry]:
+    """The best ``count`` candidates whose directions differ by at least ``min_angle``."""
+    chosen: list[Symmetry] = []
+    for c in sorted(candidates, key=_score, reverse=True):
+        if all(abs(c.direction @ k.direction) < np.cos(min_angle) for k in chosen):
+            chosen.append(c)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def find_symmetry(
+    points: np.ndarray,
+    frames: list[Frame],
+    target: TargetCube,
+    voxel: float,
+    seed: int = 0,
+) -> tuple[Symmetry | None, list[Symmetry]]:
+    """The most informative consistent symmetry of the observed ``points`` (or None), and the
+    refined candidates it was chosen from (for reports)."""
+    rng = np.random.default_rng(seed)
+    # A random order, so that any prefix is a spatially uniform subsample.
+    points = points[rng.permutation(len(points))[:SCORE_POINTS]]
+    coarse = EvidenceJudge(frames, target, 4.0 * voxel)
+    fine = EvidenceJudge(frames, target, 2.0 * voxel)
+    subset = points[: max(len(points) // 3, 1)]  # the coarse pass needs fewer points
+
+    candidates: list[Symmetry] = []
+    for n in _hemisphere(60):
+        s = points @ n
+        lo, hi = float(s.min()), float(s.max())
+        for d in np.linspace(lo, hi, 12)[1:-1]:
+            candidates.append(_evaluate(coarse, subset, Symmetry("plane", n, d * n)))
+        candidates.append(_evaluate(coarse, subset, Symmetry("axis", n, _circle_centre(points, n))))
+
+    refined = []
+    for kind in ("plane", "axis"):
+        pool = [c for c in candidates if c.kind == kind]
+        for c in _distinct(pool, 4 if kind == "plane" else 3, np.radians(20.0)):
+            start = Symmetry(c.kind, c.direction, c.point)
+            refined.append(_refine(fine, points, _evaluate(fine, points, start), 0.1, voxel))
+    accepted = [s for s in refined if s.consistency >= MIN_CONSISTENCY and s.agree >= MIN_AGREE]
+    best = max(accepted, key=lambda s: s.unknown, default=None)
+    return best, refined
