@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("ros_args", nargs=argparse.REMAINDER)
     node.set_defaults(func=lambda a: _run_ros("rvg_ros.ros.reconstruct_node", a.ros_args))
 
+    from rvg_ros.eval.options import add_eval_arguments
+
+    ev = sub.add_parser(
+        "eval", help="render objects, reconstruct with each backend, score, write a report"
+    )
+    add_eval_arguments(ev)
+    ev.set_defaults(func=_cmd_eval)
+
     demo = sub.add_parser(
         "demo", help="simulated camera + node + capture + reconstruct, end to end"
     )
@@ -86,6 +94,12 @@ def _run_ros(module: str, ros_args: list[str]) -> int:
     import importlib
 
     return int(importlib.import_module(module).main(["rvg-ros", *ros_args]) or 0)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rvg_ros.eval.runner import run_from_args
+
+    return run_from_args(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

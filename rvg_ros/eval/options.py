@@ -1,0 +1,48 @@
+"""``rvg-ros eval`` arguments. Kept free of heavy imports: the CLI builds its parser from this
+module on every call, whichever subcommand runs."""
+
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("procedural", "ycb")
+SPLITS = ("dev", "test")
+SAMPLERS = ("orbit", "one-sided", "random")
+# rgbd: colour + depth + object masks (a segmented RGB-D camera); rgb: colour + masks, no
+# depth; rgbd-unsegmented: colour + depth only, the pipeline finds the object itself.
+MODALITIES = ("rgbd", "rgb", "rgbd-unsegmented")
+DEFAULT_BACKENDS = ("fusion", "hull", "fusion+convex", "fusion+carve", "fusion+mirror")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=DATASETS, default="procedural")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="dev",
+        help="dev (default) or test; the YCB test split is held out: evaluate on it only to "
+        "report final numbers, never to tune",
+    )
+    parser.add_argument("--views", type=int, default=4, help="input views per object (2-16)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="one-sided")
+    parser.add_argument(
+        "--backends",
+        default=",".join(DEFAULT_BACKENDS),
+        help="comma-separated backend names (default: %(default)s)",
+    )
+    parser.add_argument("--modality", choices=MODALITIES, default="rgbd")
+    parser.add_argument("--out", required=True, help="output folder, e.g. results/NAME")
+    parser.add_argument("--limit", type=int, default=None, help="first N objects only")
+    parser.add_argument("--seed", type=int, default=0, help="views, noise and sampling seed")
+    parser.add_argument("--image-size", type=int, default=256, help="rendered views (pixels)")
+    parser.add_argument("--resolution", type=int, default=96, help="backend voxels per side")
+    parser.add_argument("--depth-noise", action="store_true", help="RealSense-like depth noise")
+    parser.add_argument("--pose-noise-deg", type=float, default=0.0, help="rotation noise std")
+    parser.add_argument("--pose-noise-mm", type=float, default=0.0, help="translation noise std")
+    parser.add_argument("--holdout-views", type=int, default=8, help="views for image metrics")
+    parser.add_argument("--points", type=int, default=100_000, help="surface samples per shape")
+    parser.add_argument("--grid-rows", type=int, default=8, help="objects shown in grid.png")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
+    )

@@ -1,0 +1,64 @@
+"""Every number for one (object, backend) pair, as one flat dict (a CSV row)."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+
+from rvg_ros.core.metrics import evaluate
+from rvg_ros.core.render import MeshRenderer, RenderedView
+from rvg_ros.core.types import Reconstruction
+from rvg_ros.eval.calibration import confidence_calibration
+from rvg_ros.eval.images import image_metrics, render_views
+from rvg_ros.eval.scenes import RenderedCapture
+from rvg_ros.eval.visibility import gt_scene, seen_by_views
+
+# Metric-scale radii (grasping) and unit-cube radii (the paper's), as in core.metrics.
+METRIC_RADII = (0.005, 0.01)
+UNIT_RADII = (0.05, 0.1)
+
+
+class GroundTruth:
+    """What scoring needs of one object, built once and reused for every backend."""
+
+    def __init__(self, capture: RenderedCapture) -> None:
+        self.capture = capture
+        self.mesh = trimesh.load(capture.gt_path, force="mesh", process=False)
+        self.scene = gt_scene(self.mesh)
+        self.seen = seen_by_views(self.mesh, capture.true_poses, capture.intrinsics)
+        self.holdout_views: list[RenderedView] = render_views(
+            MeshRenderer(self.mesh), capture.intrinsics, capture.holdout_poses
+        )
+
+
+def score_reconstruction(
+    result: Reconstruction, truth: GroundTruth, n_points: int, seed: int
+) -> dict[str, float]:
+    """Surface metrics (metric + unit cube, seen/unseen split), image consistency on held-out
+    views, and confidence calibration."""
+    row: dict[str, float] = {}
+    row.update(
+        evaluate(
+            result.mesh,
+            truth.mesh,
+            n_points=n_points,
+            seed=seed,
+            metric_radii=METRIC_RADII,
+            unit_radii=UNIT_RADII,
+            gt_seen=truth.seen,
+        )
+    )
+    row.update(
+        image_metrics(
+            result.mesh,
+            truth.holdout_views,
+            truth.capture.intrinsics,
+            truth.capture.holdout_poses,
+        )
+    )
+    row.update(confidence_calibration(result.cloud, truth.scene))
+    row["seconds"] = float(sum(result.stage_seconds.values()))
+    row["observed_share"] = (
+        float(np.mean(result.mesh.vertex_confidence >= 0.99)) if len(result.mesh.vertices) else 0.0
+    )
+    return row

@@ -1,0 +1,72 @@
+"""Which ground-truth surface some input view saw: the seen/unseen split of the metrics.
+
+A GT surface point counts as *seen* when, for at least one input camera (its true pose), it
+projects inside the image, the ray from the camera reaches it before any other part of the GT
+mesh, and it is not at a grazing angle: depth cameras return nothing beyond ~75-85 degrees of
+incidence, and a surface seen that obliquely covers too few pixels to be reconstructed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import open3d as o3d
+import trimesh
+
+from rvg_ros.core.types import Intrinsics
+
+MAX_INCIDENCE_DEG = 75.0
+
+
+def gt_scene(mesh: trimesh.Trimesh) -> o3d.t.geometry.RaycastingScene:
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(
+        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
+        o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)),
+    )
+    return scene
+
+
+def seen_by_views(
+    mesh: trimesh.Trimesh,
+    poses: np.ndarray,
+    intrinsics: Intrinsics,
+    max_incidence_deg: float = MAX_INCIDENCE_DEG,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``points -> bool`` visibility test against ``mesh`` for the given cameras (what
+    ``metrics.mesh_metrics`` takes as ``gt_seen``). Points are assumed to lie on the mesh."""
+    scene = gt_scene(mesh)
+    cos_limit = math.cos(math.radians(max_incidence_deg))
+
+    def seen(points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, dtype=np.float64)
+        query = o3d.core.Tensor(points.astype(np.float32))
+        normals = scene.compute_closest_points(query)["primitive_normals"].numpy()
+        out = np.zeros(len(points), dtype=bool)
+        for pose in poses:
+            origin = pose[:3, 3]
+            offset = points - origin
+            distance = np.linalg.norm(offset, axis=1)
+            direction = offset / np.maximum(distance, 1e-12)[:, None]
+            cam = offset @ pose[:3, :3]  # camera-frame coordinates (OpenCV)
+            z = np.where(cam[:, 2] > 1e-9, cam[:, 2], 1e-9)
+            u = intrinsics.fx * cam[:, 0] / z + intrinsics.cx
+            v = intrinsics.fy * cam[:, 1] / z + intrinsics.cy
+            in_image = (
+                (cam[:, 2] > 0)
+                & (u >= -0.5)
+                & (u < intrinsics.width - 0.5)
+                & (v >= -0.5)
+                & (v < intrinsics.height - 0.5)
+            )
+            rays = np.concatenate([np.broadcast_to(origin, direction.shape), direction], axis=1)
+            hit = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))["t_hit"].numpy()
+            # float32 ray casting: allow a millimetre (or 0.2 % of the range) of slack.
+            unoccluded = hit >= distance - max(1e-3, 2e-3 * float(np.median(distance)))
+            facing = np.abs(np.einsum("ij,ij->i", normals, direction)) >= cos_limit
+            out |= in_image & unoccluded & facing
+        return out
+
+    return seen
