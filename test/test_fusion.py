@@ -78,3 +78,35 @@ def test_fusion_without_depth_or_masks_is_a_clear_error(sphere_views) -> None:
 def test_unknown_backend_names_known_ones() -> None:
     with pytest.raises(ValueError, match="fusion"):
         make_backend("nope")
+
+
+def _add_table(frame: Frame, table_z: float) -> Frame:
+    """Same view with a horizontal table at z = table_z filling the background (no mask)."""
+    k, pose = frame.intrinsics, frame.camera_to_world
+    v, u = np.mgrid[0 : k.height, 0 : k.width].astype(np.float64)
+    rays = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones_like(u)], -1) @ pose[:3, :3].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (table_z - pose[2, 3]) / rays[..., 2]  # z-depth, since the camera-frame ray has z = 1
+    table = np.where((t > 0) & np.isfinite(t), t, 0.0).astype(np.float32)
+    depth = np.where(
+        frame.depth > 0, np.minimum(frame.depth, np.where(table > 0, table, np.inf)), table
+    ).astype(np.float32)
+    rgb = frame.rgb.copy()
+    rgb[(frame.depth == 0) & (table > 0)] = (90, 90, 90)
+    return Frame(rgb=rgb, intrinsics=k, camera_to_world=pose, depth=depth)
+
+
+def test_support_plane_is_removed_and_only_the_object_is_fused(sphere_views) -> None:
+    frames, centre, radius = sphere_views
+    table_z = centre[2] - radius  # the sphere rests on the table
+    above = [_add_table(f, table_z) for f in frames if f.camera_to_world[2, 3] > centre[2]]
+    assert len(above) >= 3
+    capture = make_capture_set(above)
+    assert np.linalg.norm(capture.target.center[:2] - centre[:2]) < 0.005
+    assert capture.target.side < 4 * radius  # not the whole table
+    result = make_backend("fusion", BackendOptions(resolution=64, cloud_points=2000)).reconstruct(
+        capture
+    )
+    dist = np.linalg.norm(result.mesh.vertices - centre, axis=1)
+    # Nothing of the table survives beyond the sphere's contact patch.
+    assert np.percentile(np.abs(dist - radius), 99) < 0.004
