@@ -51,6 +51,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+PASSTHROUGH = {
+    "train": ("rvg_ros.rvg.train", "make rvg training data / train the generator"),
+    "bench": ("rvg_ros.bench", "time and memory per stage by number of views"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvg-ros", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(ev)
     ev.set_defaults(func=_cmd_eval)
 
+    # Listed for --help; main() hands their arguments to their own parsers.
+    for verb, (_, text) in PASSTHROUGH.items():
+        sub.add_parser(verb, help=text, add_help=False)
+
     demo = sub.add_parser(
         "demo", help="simulated camera + node + capture + reconstruct, end to end"
     )
@@ -88,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="fusion")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _run_main(module: str, argv: list[str]) -> int:
+    """Sub-commands with their own argument parsers (train, bench)."""
+    import importlib
+
+    return int(importlib.import_module(module).main(argv) or 0)
 
 
 def _run_ros(module: str, ros_args: list[str]) -> int:
@@ -109,6 +126,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return _run_main(PASSTHROUGH[argv[0]][0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
