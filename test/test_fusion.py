@@ -110,3 +110,16 @@ def test_support_plane_is_removed_and_only_the_object_is_fused(sphere_views) -> 
     dist = np.linalg.norm(result.mesh.vertices - centre, axis=1)
     # Nothing of the table survives beyond the sphere's contact patch.
     assert np.percentile(np.abs(dist - radius), 99) < 0.004
+
+
+def test_backend_spec_options_reach_the_backend() -> None:
+    from rvg_ros.core.backends import is_known_backend, parse_backend_spec
+
+    assert parse_backend_spec("rvg@cfg_scale=1@steps=10@use_condition=false") == (
+        "rvg", {"cfg_scale": 1, "steps": 10, "use_condition": False}
+    )
+    backend = make_backend("fusion@voxel=2", BackendOptions())
+    assert backend.options.extra == {"voxel": 2}
+    assert is_known_backend("rvg@steps=3") and not is_known_backend("nope@x=1")
+    with pytest.raises(ValueError, match="key=value"):
+        make_backend("fusion@oops")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import open3d as o3d
 
-from rvg_ros.core.backends import BACKENDS
+from rvg_ros.core.backends import BACKENDS, is_known_backend
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
 from rvg_ros.core.types import ReconstructionError
 from rvg_ros.eval.datasets import EvalObject, load_dataset
@@ -57,7 +57,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         self.views.validate()
-        unknown = [b for b in self.backends if b not in BACKENDS]
+        unknown = [b for b in self.backends if not is_known_backend(b)]
         if unknown or not self.backends:
             known = ", ".join(sorted(BACKENDS))
             raise ValueError(f"unknown backend(s) {unknown or '(none given)'}; known: {known}")

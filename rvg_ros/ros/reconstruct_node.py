@@ -35,7 +35,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from rvg_ros.core.backends import BACKENDS
+from rvg_ros.core.backends import BACKENDS, is_known_backend
 from rvg_ros.core.export import export_reconstruction, render_preview
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
 from rvg_ros.core.session import CaptureSession, SessionError
@@ -199,7 +199,7 @@ class ReconstructNode(Node):
             )
         if self.p("device") not in ("auto", "cpu", "cuda"):
             problems.append(f"device must be auto, cpu or cuda, got {self.p('device')!r}")
-        if self.p("backend") not in BACKENDS:
+        if not is_known_backend(self.p("backend")):
             problems.append(
                 f"unknown backend {self.p('backend')!r}; known: {', '.join(sorted(BACKENDS))}"
             )
@@ -473,7 +473,7 @@ class ReconstructNode(Node):
 
     def _start(self, settings: ReconstructSettings, cancel: threading.Event) -> Future | str:
         """Submit a reconstruction to the worker, or return why it can't start."""
-        if settings.backend not in BACKENDS:
+        if not is_known_backend(settings.backend):
             return f"unknown backend {settings.backend!r}; known: {', '.join(sorted(BACKENDS))}"
         if len(self._session) < settings.min_views:
             return f"too few frames: {len(self._session)} held, min_frames={settings.min_views}"

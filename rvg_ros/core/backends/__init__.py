@@ -30,11 +30,56 @@ BACKENDS: dict[str, Callable[[BackendOptions], Backend]] = {
 }
 
 
+def _option_value(text: str) -> object:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_backend_spec(spec: str) -> tuple[str, dict[str, object]]:
+    """``name@key=value@key=value`` -> (name, options), e.g. ``rvg@cfg_scale=1@steps=10``.
+
+    Lets one comma-separated list (``rvg-ros eval --backends``) name variants of a backend.
+    """
+    name, *pairs = spec.split("@")
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad backend option {pair!r} in {spec!r}: expected key=value")
+        options[key] = _option_value(value)
+    return name, options
+
+
+def is_known_backend(name: str) -> bool:
+    """Whether ``name`` (optionally with ``@key=value`` options) names a registered backend."""
+    try:
+        return parse_backend_spec(name)[0] in BACKENDS
+    except ValueError:
+        return False
+
+
 def make_backend(name: str, options: BackendOptions | None = None) -> Backend:
-    """The backend called ``name``; ValueError naming the known ones otherwise."""
-    if name not in BACKENDS:
+    """The backend ``name`` (optionally ``name@key=value...``); ValueError naming the known ones."""
+    base, spec_options = parse_backend_spec(name)
+    if base not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](options or BackendOptions(resolution=96))
+    options = options or BackendOptions(resolution=96)
+    if spec_options:
+        options.extra = {**options.extra, **spec_options}
+    return BACKENDS[base](options)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "ProgressFn", "make_backend", "no_progress"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendOptions",
+    "ProgressFn",
+    "make_backend",
+    "no_progress",
+    "parse_backend_spec",
+    "is_known_backend",
+]
