@@ -156,6 +156,17 @@ def evidence_fields(
     return centres, free, voxel
 
 
+def outward(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Triangles wound so that normals point out of the closed surface (positive signed
+    volume). Confidence needs it: ``finish_mesh`` only counts front-facing vertices as seen,
+    and marching cubes' winding depends on the field's sign convention."""
+    if len(triangles) == 0:
+        return triangles
+    a, b, c = (vertices[triangles[:, i]] for i in range(3))
+    signed_volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0
+    return triangles if signed_volume >= 0 else triangles[:, ::-1].copy()
+
+
 def surface_reconstruction(
     name: str,
     field: np.ndarray,
@@ -174,6 +185,7 @@ def surface_reconstruction(
     voxel = capture.target.side / res
     with timer.stage("surface"):
         vertices, triangles = mesh_from_field(-field.reshape(res, res, res), capture.target, 0.0)
+        triangles = outward(vertices, triangles)
     if len(triangles) == 0:
         raise ReconstructionError(f"{name}: the completed volume is empty")
     with timer.stage("colour"):
@@ -197,4 +209,7 @@ def fused_points(capture: CaptureSet, options: BackendOptions, timer: StageTimer
     """Run fusion as the ``fuse`` stage; returns the fused surface's vertices."""
     with timer.stage("fuse"):
         fused = FusionBackend(options).reconstruct(capture, no_progress)
-    return fused.mesh.vertices
+    # Open3D's voxel hash map returns the same vertices in a run-dependent order: sort them so
+    # that everything downstream (subsampling, tie-breaks) is deterministic.
+    vertices = fused.mesh.vertices
+    return vertices[np.lexsort(vertices.T[::-1])]

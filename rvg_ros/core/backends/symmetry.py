@@ -18,6 +18,7 @@ which is consistent but completes nothing.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +32,15 @@ VIOLATION_WEIGHT = 4.0
 # A symmetry is accepted when at least this share of the reflected points that land somewhere
 # observed agree with the observation, and at least MIN_AGREE of all of them agree.
 MIN_CONSISTENCY = 0.95
-MIN_AGREE = 0.15
+MIN_AGREE = 0.3
+# Coarse candidates this consistent are worth refining for their informativeness.
+COARSE_CONSISTENCY = 0.9
 # Rotations tried for an axis of revolution (besides the identity).
 AXIS_STEPS = 8
 SCORE_POINTS = 800
+# Local refinement: step halvings, and moves allowed per step size.
+REFINE_LEVELS = 4
+MOVES_PER_LEVEL = 3
 # Mask dilation (pixels) and depth neighbourhood (pixels) that absorb silhouette and
 # depth-edge discretisation when judging a reflected point.
 MASK_SLACK_PX = 3
@@ -186,24 +192,29 @@ def _perturbed(s: Symmetry, angle: float, shift: float) -> list[Symmetry]:
 def _refine(
     judge: EvidenceJudge, points: np.ndarray, s: Symmetry, angle: float, shift: float
 ) -> Symmetry:
-    """Pattern search: move to the best neighbour while it improves, then halve the steps."""
+    """Pattern search: move to the best neighbour while it improves (a few moves per step
+    size, so a candidate stays near where it started), then halve the steps."""
     best = s
-    for _ in range(4):
-        improved = True
-        while improved:
-            improved = False
-            for candidate in _perturbed(best, angle, shift):
-                _evaluate(judge, points, candidate)
-                if _score(candidate) > _score(best) + 1e-9:
-                    best, improved = candidate, True
+    for _ in range(REFINE_LEVELS):
+        for _ in range(MOVES_PER_LEVEL):
+            neighbours = [_evaluate(judge, points, c) for c in _perturbed(best, angle, shift)]
+            top = max(neighbours, key=_score)
+            if _score(top) <= _score(best) + 1e-9:
+                break
+            best = top
         angle, shift = angle / 2.0, shift / 2.0
     return best
 
 
-def _distinct(candidates: list[Symmetry], count: int, min_angle: float) -> list[Symmetry]:
-    """The best ``count`` candidates whose directions differ by at least ``min_angle``."""
+def _distinct(
+    candidates: list[Symmetry],
+    count: int,
+    min_angle: float,
+    key: Callable[[Symmetry], float] = _score,
+) -> list[Symmetry]:
+    """The best ``count`` candidates by ``key`` whose directions differ by ``min_angle``."""
     chosen: list[Symmetry] = []
-    for c in sorted(candidates, key=_score, reverse=True):
+    for c in sorted(candidates, key=key, reverse=True):
         if all(abs(c.direction @ k.direction) < np.cos(min_angle) for k in chosen):
             chosen.append(c)
         if len(chosen) == count:
@@ -235,12 +246,19 @@ def find_symmetry(
             candidates.append(_evaluate(coarse, subset, Symmetry("plane", n, d * n)))
         candidates.append(_evaluate(coarse, subset, Symmetry("axis", n, _circle_centre(points, n))))
 
+    # Refine the best-agreeing candidates and the most informative plausible ones: on a shape
+    # with many symmetries (a ball) the best-agreeing ones merely map the seen side onto itself.
     refined = []
     for kind in ("plane", "axis"):
         pool = [c for c in candidates if c.kind == kind]
-        for c in _distinct(pool, 4 if kind == "plane" else 3, np.radians(20.0)):
-            start = Symmetry(c.kind, c.direction, c.point)
-            refined.append(_refine(fine, points, _evaluate(fine, points, start), 0.1, voxel))
+        plausible = [
+            c for c in pool if c.consistency >= COARSE_CONSISTENCY and c.agree >= 0.5 * MIN_AGREE
+        ]
+        seeds = _distinct(pool, 3 if kind == "plane" else 2, np.radians(20.0))
+        seeds += _distinct(plausible, 2, np.radians(20.0), key=lambda c: c.unknown)
+        for c in seeds:
+            start = _evaluate(fine, points, Symmetry(c.kind, c.direction, c.point))
+            refined.append(_refine(fine, points, start, 0.1, voxel))
     accepted = [s for s in refined if s.consistency >= MIN_CONSISTENCY and s.agree >= MIN_AGREE]
     best = max(accepted, key=lambda s: s.unknown, default=None)
     return best, refined
