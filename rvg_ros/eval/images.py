@@ -30,7 +30,8 @@ def image_metrics(
     psnr, ssim, depth, iou = [], [], [], []
     for gt, pose in zip(gt_views, poses, strict=True):
         pred = renderer.render(intrinsics, pose)
-        psnr.append(peak_signal_noise_ratio(gt.rgb, pred.rgb, data_range=255))
+        with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, not a warning
+            psnr.append(peak_signal_noise_ratio(gt.rgb, pred.rgb, data_range=255))
         ssim.append(structural_similarity(gt.rgb, pred.rgb, channel_axis=2, data_range=255))
         both = gt.mask & pred.mask
         if both.any():

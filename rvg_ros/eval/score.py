@@ -7,7 +7,8 @@ import trimesh
 
 from rvg_ros.core.metrics import evaluate
 from rvg_ros.core.render import MeshRenderer, RenderedView
-from rvg_ros.core.types import Reconstruction
+from rvg_ros.core.surface import sample_cloud
+from rvg_ros.core.types import Mesh, Reconstruction
 from rvg_ros.eval.calibration import confidence_calibration
 from rvg_ros.eval.images import image_metrics, render_views
 from rvg_ros.eval.scenes import RenderedCapture
@@ -16,6 +17,28 @@ from rvg_ros.eval.visibility import gt_scene, seen_by_views
 # Metric-scale radii (grasping) and unit-cube radii (the paper's), as in core.metrics.
 METRIC_RADII = (0.005, 0.01)
 UNIT_RADII = (0.05, 0.1)
+
+
+def canonical_mesh(mesh: Mesh) -> Mesh:
+    """The same surface with vertices sorted lexicographically and triangles remapped and
+    sorted. Open3D's TSDF extraction returns a run-dependent order; seeded surface sampling
+    (and so every metric) is only deterministic on a canonical order."""
+    if mesh.is_empty:
+        return mesh
+    order = np.lexsort(mesh.vertices.T[::-1])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    tri = rank[mesh.triangles]
+    # Rotate each triangle to start at its smallest index (keeps the winding), then sort rows.
+    shift = np.argmin(tri, axis=1)
+    tri = np.stack([tri[np.arange(len(tri)), (shift + k) % 3] for k in range(3)], axis=1)
+    tri = tri[np.lexsort(tri.T[::-1])]
+    return Mesh(
+        mesh.vertices[order],
+        tri.astype(np.int32),
+        mesh.vertex_colors[order],
+        mesh.vertex_confidence[order],
+    )
 
 
 class GroundTruth:
@@ -36,10 +59,11 @@ def score_reconstruction(
 ) -> dict[str, float]:
     """Surface metrics (metric + unit cube, seen/unseen split), image consistency on held-out
     views, and confidence calibration."""
+    mesh = canonical_mesh(result.mesh)
     row: dict[str, float] = {}
     row.update(
         evaluate(
-            result.mesh,
+            mesh,
             truth.mesh,
             n_points=n_points,
             seed=seed,
@@ -50,15 +74,18 @@ def score_reconstruction(
     )
     row.update(
         image_metrics(
-            result.mesh,
+            mesh,
             truth.holdout_views,
             truth.capture.intrinsics,
             truth.capture.holdout_poses,
         )
     )
-    row.update(confidence_calibration(result.cloud, truth.scene))
+    # The backend's own cloud is sampled from its mesh in the backend's vertex order; resample
+    # it the same way (``sample_cloud``) from the canonical mesh so the numbers repeat exactly.
+    cloud = sample_cloud(mesh, max(len(result.cloud.points), 1), seed)
+    row.update(confidence_calibration(cloud, truth.scene))
     row["seconds"] = float(sum(result.stage_seconds.values()))
     row["observed_share"] = (
-        float(np.mean(result.mesh.vertex_confidence >= 0.99)) if len(result.mesh.vertices) else 0.0
+        float(np.mean(mesh.vertex_confidence >= 0.99)) if len(mesh.vertices) else 0.0
     )
     return row
