@@ -40,6 +40,10 @@ from rvg_ros.eval.score import GroundTruth, score_reconstruction
 Log = Callable[[str], None]
 
 
+def print_line(line: str) -> None:
+    print(line, flush=True)  # progress must show even when stdout is a file or a pipe
+
+
 @dataclass
 class EvalConfig:
     dataset: str = "procedural"
@@ -130,7 +134,7 @@ def _reconstruct(
     return result, {"status": "ok", "error": "", "wall_seconds": time.perf_counter() - start}
 
 
-def run_eval(config: EvalConfig, log: Log = print) -> EvalOutputs:
+def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
     config.validate()
     _prepare_out(config)
     objects = load_dataset(config.dataset, config.split, config.limit, config.seed)

@@ -9,11 +9,14 @@ the views' depth and masks:
 - otherwise it lands where nobody looked (*unknown*) -- which is what completion is for.
 
 The search runs coarse candidates (plane normals on a hemisphere x offsets; axis directions with
-the axis placed by a circle fit), refines the best ones by pattern search on
-``agree - VIOLATION_WEIGHT * violate``, and then keeps the *most informative consistent* one: among
-candidates whose decidable points nearly all agree, the one sending the most points into unknown
-space. (The most *agreeing* symmetry is usually a left-right mirror of what the cameras saw,
-which is consistent but completes nothing.)
+the axis placed by a circle fit), refines a few of them locally by pattern search on
+``agree - VIOLATION_WEIGHT * violate`` (the best-agreeing ones and the most informative plausible
+ones), and then keeps the *most informative consistent* one: among candidates whose decidable
+points nearly all agree, the one sending the most points into unknown space. (The most
+*agreeing* symmetry is usually a left-right mirror of what the cameras saw, which is consistent
+but completes nothing.) Unseen space cannot refute a symmetry, so a consistent wrong one is
+possible -- a mug's handle mirrored to the back, say; requiring MIN_AGREE keeps such guesses
+anchored to evidence.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, minimum_filter
 from scipy.spatial.transform import Rotation
 
+from rvg_ros.core.backends.completion import fibonacci_sphere
 from rvg_ros.core.geometry import invert_rigid, lookup_pixels
 from rvg_ros.core.types import Frame, TargetCube
 
@@ -142,8 +146,6 @@ class EvidenceJudge:
 
 
 def _hemisphere(n: int) -> np.ndarray:
-    from rvg_ros.core.backends.completion import fibonacci_sphere
-
     d = fibonacci_sphere(2 * n)
     return d[d[:, 2] >= 0.0]
 
