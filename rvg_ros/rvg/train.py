@@ -205,6 +205,21 @@ def load_checkpoint(
     return step
 
 
+def export_weights(checkpoint: Path, which: str, out: Path) -> int:
+    """Model or EMA weights of a training checkpoint as a standalone weights file."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(checkpoint))
+    prefix = f"{which}."
+    model = RVGModel(ModelConfig(**json.loads(meta["model_config"])))
+    model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out, {"step": meta["step"], "weights": which, "train_config": meta["train_config"]})
+    return int(meta["step"])
+
+
 # --------------------------------------------------------------------------- loop
 def learning_rate(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
@@ -323,8 +338,11 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         with torch.no_grad():
+            # EMA warm-up: early on, a fixed 0.999 would average in the random init for
+            # thousands of steps (measured: EMA IoU 0.27 vs 0.37 raw at step 1000).
+            decay = min(config.ema, (1.0 + step) / (10.0 + step))
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - config.ema)
+                pe.lerp_(pm, 1.0 - decay)
         step += 1
         running.append(loss.item())
         if bar is not None:
@@ -365,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--train", type=int, default=8000, help="training samples")
     data.add_argument("--val", type=int, default=120, help="validation samples")
     data.add_argument("--workers", type=int, default=2)
+    export = sub.add_parser("export", help="write shippable weights from a checkpoint")
+    export.add_argument("--checkpoint", default="runs/rvg_ss/checkpoint.safetensors")
+    export.add_argument("--which", choices=("model", "ema"), default="ema")
+    export.add_argument("--out", default="rvg_ros/weights/rvg_ss.safetensors")
     fit = sub.add_parser("fit", help="train the generator (resumes from OUT/checkpoint)")
     fit.add_argument("--data", default="data/rvg")
     fit.add_argument("--out", default="runs/rvg_ss")
@@ -380,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out) / "train", "train", args.train, args.workers, config
         )
         print(f"wrote {n_val} validation and {n_train} training samples to {args.out}")
+        return 0
+    if args.what == "export":
+        step = export_weights(Path(args.checkpoint), args.which, Path(args.out))
+        print(f"wrote {args.out} ({args.which} weights at step {step})")
         return 0
     config = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
     weights = train(Path(args.data), Path(args.out), config, ModelConfig())
