@@ -190,3 +190,30 @@ def test_reset_keeps_old_frames_on_disk_and_load_session_restores(system: dict) 
     request.path = str(archived[0])
     response = client.call(client.load_session, request)
     assert response.success and response.num_frames == 4
+
+
+def test_offline_cli_reconstructs_the_session_the_node_wrote(system: dict) -> None:
+    import subprocess
+    import sys
+
+    archived = sorted(p for p in system["root"].iterdir() if p.name.startswith("session-"))[0]
+    out = system["root"] / "offline"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rvg_ros.core.cli",
+            "reconstruct",
+            "--input",
+            str(archived),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=system["env"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "result.json").read_text())
+    assert summary["num_views"] == 4 and summary["frame_id"] == "world"
