@@ -217,6 +217,10 @@ def test_eval_command_writes_reports_and_is_deterministic(tmp_path: Path) -> Non
     assert (out / "plots" / "f_at_0p1_unit.png").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["command"].startswith("rvg-ros eval --dataset procedural")
+    # The report can be rebuilt from the CSV alone, to the same text.
+    (out / "summary.md").unlink()
+    assert main(["eval", "--out", str(out), "--report-only"]) == 0
+    assert (out / "summary.md").read_text() == summary
 
     # The same command again gives the same numbers (timings aside); objects are seeded one
     # by one, so the first object alone reproduces its rows.

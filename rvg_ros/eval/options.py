@@ -46,3 +46,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite summary.md and plots/ of the evaluation in --out from its CSV; runs nothing",
+    )

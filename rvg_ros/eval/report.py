@@ -19,7 +19,12 @@ class Column:
     label: str
     scale: float = 1.0  # CSV value (SI units) times this is what the table shows
     digits: int = 3
-    higher_is_better: bool = True
+    higher_is_better: bool | None = True  # None: informative only (no arrow, no bold)
+
+    @property
+    def heading(self) -> str:
+        arrow = {True: " ↑", False: " ↓", None: ""}[self.higher_is_better]
+        return self.label + arrow
 
 
 # Tables of the summary, in order. Distances in the metric tables are shown in millimetres.
@@ -29,7 +34,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("chamfer_l1_unit", "CD-L1", 1.0, 4, False),
         Column("f@0.05_unit", "F@0.05"),
         Column("f@0.1_unit", "F@0.1"),
-        Column("seconds", "time (s)", 1.0, 2, False),
+        Column("seconds", "time (s)", 1.0, 2, None),
     ),
     "Metric surface (for grasping), split by what the input views saw": (
         Column("f@0.005", "F@5mm"),
@@ -46,9 +51,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("ssim", "SSIM"),
         Column("depth_mae", "depth MAE (mm)", 1000.0, 2, False),
         Column("mask_iou", "mask IoU"),
-        Column("conf_high_dist", "dist. conf≥0.5 (mm)", 1000.0, 2, False),
-        Column("conf_low_dist", "dist. conf<0.5 (mm)", 1000.0, 2, False),
-        Column("conf_low_share", "share conf<0.5"),
+        # Calibration is the relation of the two distances, not either one alone.
+        Column("conf_high_dist", "dist. conf≥0.5 (mm)", 1000.0, 2, None),
+        Column("conf_low_dist", "dist. conf<0.5 (mm)", 1000.0, 2, None),
+        Column("conf_low_share", "share conf<0.5", 1.0, 3, None),
     ),
 }
 PLOTTED = tuple(c for cols in TABLES.values() for c in cols)
@@ -110,16 +116,14 @@ def summary_markdown(
         lines += [notes, ""]
     for caption, columns in TABLES.items():
         lines += [f"## {caption}", ""]
-        header = ["backend", "ok"] + [
-            c.label + (" ↑" if c.higher_is_better else " ↓") for c in columns
-        ]
+        header = ["backend", "ok", *(c.heading for c in columns)]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         best = {}
         for c in columns:
             means = {b: values(rows, b, c.key) for b in backends}
             finite = {b: v.mean() for b, v in means.items() if len(v)}
-            if finite and c.key != "seconds":
+            if finite and c.higher_is_better is not None:
                 pick = max if c.higher_is_better else min
                 best[c.key] = pick(finite, key=finite.get)
         for b in backends:
@@ -131,7 +135,32 @@ def summary_markdown(
                 cells.append(f"**{text}**" if best.get(c.key) == b else text)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += per_object_table(rows, backends)
     return "\n".join(lines)
+
+
+def per_object_table(rows: Sequence[dict[str, object]], backends: Sequence[str]) -> list[str]:
+    """Object x backend: F@0.1 (unit cube) / completeness of the unseen surface."""
+    lines = [
+        "## Per object: F@0.1 (unit cube) / completeness of the unseen surface (5 mm)",
+        "",
+        "| object | " + " | ".join(f"`{b}`" for b in backends) + " |",
+        "|---|" + "---:|" * len(backends),
+    ]
+    objects = list(dict.fromkeys(str(r["object"]) for r in rows))
+    for name in objects:
+        cells = []
+        for b in backends:
+            row = next((r for r in rows if r["object"] == name and r["backend"] == b), None)
+            if row is None or row["status"] != "ok":
+                cells.append("failed" if row is not None else "–")
+                continue
+            f, unseen = float(row.get("f@0.1_unit", math.nan)), row.get("completeness_unseen")
+            unseen_text = f"{float(unseen):.2f}" if unseen not in (None, "") else "–"
+            cells.append(f"{f:.2f} / {unseen_text}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def bar_charts(
@@ -154,8 +183,8 @@ def bar_charts(
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(backends), 3.2), dpi=100)
         ax.bar(range(len(backends)), means, yerr=stds, capsize=3, color="#4c72b0")
         ax.set_xticks(range(len(backends)), backends, rotation=20, ha="right", fontsize=8)
-        arrow = "higher is better" if column.higher_is_better else "lower is better"
-        ax.set_title(f"{column.label} ({arrow})", fontsize=9)
+        arrow = {True: " (higher is better)", False: " (lower is better)", None: ""}
+        ax.set_title(column.label + arrow[column.higher_is_better], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
         path = out_dir / f"{_slug(column.key)}.png"

@@ -8,6 +8,7 @@ Output folder layout::
     plots/*.png      a bar chart per metric
     grid.png         input views | ground truth | backends, seen from the unseen side
     config.json      the settings and the command that reproduce the run
+    run.json         the whole run's wall time
     captures/NAME/   the rendered capture folders (with gt_mesh.ply)   -- large
     recon/NAME/BACKEND/  what ``rvg-ros reconstruct`` writes            -- large
 """
@@ -33,7 +34,7 @@ from rvg_ros.core.types import ReconstructionError
 from rvg_ros.eval.datasets import EvalObject, load_dataset
 from rvg_ros.eval.grid import GridRow, render_thumbnail, save_grid
 from rvg_ros.eval.options import DEFAULT_BACKENDS
-from rvg_ros.eval.report import bar_charts, summary_markdown, write_csv
+from rvg_ros.eval.report import bar_charts, read_csv, summary_markdown, write_csv
 from rvg_ros.eval.scenes import ViewSpec, render_object
 from rvg_ros.eval.score import GroundTruth, score_reconstruction
 
@@ -187,15 +188,46 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
             rows.append(row)
         write_csv(rows, csv_path)  # after every object: a long run that stops keeps its rows
     elapsed = time.perf_counter() - started
-    notes = _notes(config, len(objects), elapsed)
+    (config.out / "run.json").write_text(json.dumps({"elapsed_seconds": elapsed}))
+    summary, plots = write_report(config, rows, elapsed)
+    grid = save_grid(grid_rows, config.backends, config.out / "grid.png") if grid_rows else None
+    log(f"{len(rows)} rows in {elapsed:.0f} s -> {config.out}")
+    return EvalOutputs(csv_path, summary, plots, grid, rows)
+
+
+def write_report(
+    config: EvalConfig, rows: list[dict[str, object]], elapsed: float
+) -> tuple[Path, list[Path]]:
+    """summary.md and the bar charts, from the rows."""
+    objects = len({r["object"] for r in rows})
+    notes = _notes(config, objects, elapsed)
     summary = config.out / "summary.md"
     summary.write_text(
         summary_markdown(rows, config.backends, f"Evaluation: {config.out.name}", notes) + "\n"
     )
-    plots = bar_charts(rows, config.backends, config.out / "plots")
-    grid = save_grid(grid_rows, config.backends, config.out / "grid.png") if grid_rows else None
-    log(f"{len(rows)} rows in {elapsed:.0f} s -> {config.out}")
-    return EvalOutputs(csv_path, summary, plots, grid, rows)
+    shutil.rmtree(config.out / "plots", ignore_errors=True)
+    return summary, bar_charts(rows, config.backends, config.out / "plots")
+
+
+def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
+    """Rewrite summary.md and the plots of an earlier run in ``config.out`` from its CSV (after
+    a change to the report format; nothing is re-run). The backends are taken from the run."""
+    csv_path = config.out / "per_object.csv"
+    if not csv_path.exists():
+        raise ValueError(f"{config.out} holds no per_object.csv to report on")
+    stored = json.loads((config.out / "config.json").read_text())
+    run = config.out / "run.json"
+    elapsed = json.loads(run.read_text())["elapsed_seconds"] if run.exists() else float("nan")
+    rows = read_csv(csv_path)
+    views = ViewSpec(**stored["views"])
+    keys = ("dataset", "split", "limit", "seed", "resolution", "points", "grid_rows", "device")
+    original = EvalConfig(
+        **{k: stored[k] for k in keys},
+        backends=tuple(stored["backends"]),
+        views=views,
+        out=config.out,
+    )
+    return write_report(original, rows, elapsed)
 
 
 def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
@@ -238,5 +270,10 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    run_eval(config_from_args(args))
+    config = config_from_args(args)
+    if args.report_only:
+        summary, _ = rebuild_report(config)
+        print(f"rewrote {summary} and its plots")
+        return 0
+    run_eval(config)
     return 0
