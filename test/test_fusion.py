@@ -123,3 +123,21 @@ def test_backend_spec_options_reach_the_backend() -> None:
     assert is_known_backend("rvg@steps=3") and not is_known_backend("nope@x=1")
     with pytest.raises(ValueError, match="key=value"):
         make_backend("fusion@oops")
+
+
+def test_marching_cubes_surfaces_face_outwards() -> None:
+    """Visibility, colour and confidence rely on outward normals."""
+    import open3d as o3d
+
+    from rvg_ros.core.surface import mesh_from_field
+    from rvg_ros.core.types import TargetCube
+
+    axis = (np.arange(24) + 0.5) / 24 - 0.5
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    ball = (x**2 + y**2 + z**2 < 0.3**2).astype(np.float32)
+    vertices, triangles = mesh_from_field(ball, TargetCube(np.zeros(3), 1.0), 0.5)
+    mesh = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles)
+    )
+    mesh.compute_vertex_normals()
+    assert np.all(np.einsum("ij,ij->i", np.asarray(mesh.vertex_normals), vertices) > 0)

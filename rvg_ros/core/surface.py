@@ -33,7 +33,9 @@ def mesh_from_field(
     )
     if not (padded.min() < level < padded.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int32)
-    verts, faces, _, _ = marching_cubes(padded, level=level)
+    # The field is high inside: "ascent" makes triangles face outwards (visibility and
+    # normals depend on it; skimage's default winding would face inwards here).
+    verts, faces, _, _ = marching_cubes(padded, level=level, gradient_direction="ascent")
     # Padded index i is voxel centre (i - 1); voxel centre j sits at (j + 0.5)/res - 0.5.
     unit = (verts - 1.0 + 0.5) / res - 0.5
     return target.to_world(unit), faces.astype(np.int32)

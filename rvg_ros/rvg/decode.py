@@ -86,5 +86,6 @@ def decode_surface(
     padded = np.pad(inside, 1, mode="constant", constant_values=min(float(inside.min()), level - 1))
     if not (padded.min() < level < padded.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), np.int32), voxel
-    vertices, faces, _, _ = marching_cubes(padded, level=level)
+    # High inside: "ascent" gives outward-facing triangles (see core/surface.py).
+    vertices, faces, _, _ = marching_cubes(padded, level=level, gradient_direction="ascent")
     return origin + (vertices - 1.0) * voxel, faces.astype(np.int32), voxel
