@@ -7,7 +7,6 @@ surface from measurements + generated occupancy), colour (+ confidence), sample 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +87,11 @@ class RVGBackend:
             cube = completion_cube(capture)
             evidence = evidence_grid(capture, cube, res, use_depth)
             views = view_inputs(capture, cube, use_depth, model.config.view_size)
-        torch_threads = min(torch.get_num_threads(), os.cpu_count() or 1)
-        torch.set_num_threads(torch_threads)
+        if device == "cpu":
+            # One intra-op thread by default: the model is small, and on a shared CPU (a robot
+            # runs drivers and planners beside us) OpenMP threads waiting for a descheduled
+            # sibling made sampling 10-20x slower here. ``threads`` raises it on idle machines.
+            torch.set_num_threads(int(self.options.extra.get("threads", 1)))
         with torch.inference_mode():
             ev = torch.from_numpy(evidence)[None].to(device)
             onehot = model.onehot(ev)
