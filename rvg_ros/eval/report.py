@@ -110,7 +110,8 @@ def _cell(data: np.ndarray, column: Column) -> str:
 def summary_markdown(
     rows: Sequence[dict[str, object]], backends: Sequence[str], title: str, notes: str = ""
 ) -> str:
-    """Mean ± std (population) over objects per backend; best mean per column in bold."""
+    """Mean ± std (population) over objects per backend; the best mean per column in bold
+    (all of them on a tie, none when every backend ties)."""
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
@@ -119,20 +120,22 @@ def summary_markdown(
         header = ["backend", "ok", *(c.heading for c in columns)]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-        best = {}
+        best: dict[str, set[str]] = {}
         for c in columns:
             means = {b: values(rows, b, c.key) for b in backends}
-            finite = {b: v.mean() for b, v in means.items() if len(v)}
+            finite = {b: float(v.mean()) for b, v in means.items() if len(v)}
             if finite and c.higher_is_better is not None:
-                pick = max if c.higher_is_better else min
-                best[c.key] = pick(finite, key=finite.get)
+                top = (max if c.higher_is_better else min)(finite.values())
+                tied = {b for b, m in finite.items() if abs(m - top) <= 1e-12 * max(1.0, abs(top))}
+                if len(tied) < len(backends):  # everyone equal: nobody is best
+                    best[c.key] = tied
         for b in backends:
             total = sum(1 for r in rows if r["backend"] == b)
             ok = sum(1 for r in rows if r["backend"] == b and r["status"] == "ok")
             cells = [f"`{b}`", f"{ok}/{total}"]
             for c in columns:
                 text = _cell(values(rows, b, c.key), c)
-                cells.append(f"**{text}**" if best.get(c.key) == b else text)
+                cells.append(f"**{text}**" if b in best.get(c.key, ()) else text)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += per_object_table(rows, backends)
