@@ -142,9 +142,10 @@ def test_carving_removes_what_the_hull_overfills() -> None:
 
 
 def test_symmetry_search_finds_a_symmetry_of_a_can_and_of_a_box() -> None:
+    # 192 px: at 96 px a box's silhouettes are too coarse to refute a diagonal mirror plane.
     can = trimesh.creation.cylinder(radius=0.035, height=0.1, sections=64)
     can.apply_translation([0.01, -0.02, 0.05])
-    capture = _one_sided_capture(can)
+    capture = _one_sided_capture(can, size=192)
     fused = make_backend("fusion", BackendOptions(resolution=RESOLUTION)).reconstruct(capture)
     voxel = capture.target.side / RESOLUTION
     symmetry, _ = find_symmetry(fused.mesh.vertices, capture.frames, capture.target, voxel)
@@ -160,7 +161,7 @@ def test_symmetry_search_finds_a_symmetry_of_a_can_and_of_a_box() -> None:
 
     box = trimesh.creation.box(extents=(0.05, 0.12, 0.07))
     box.apply_translation([0.0, 0.0, 0.035])
-    capture = _one_sided_capture(box)
+    capture = _one_sided_capture(box, size=192)
     fused = make_backend("fusion", BackendOptions(resolution=RESOLUTION)).reconstruct(capture)
     voxel = capture.target.side / RESOLUTION
     symmetry, _ = find_symmetry(fused.mesh.vertices, capture.frames, capture.target, voxel)

@@ -37,6 +37,9 @@ VIOLATION_WEIGHT = 4.0
 # observed agree with the observation, and at least MIN_AGREE of all of them agree.
 MIN_CONSISTENCY = 0.95
 MIN_AGREE = 0.3
+# Candidates sending at least this share of the best one's points into unknown space count as
+# equally informative; agreement decides among them.
+INFORMATIVE_SHARE = 0.75
 # Coarse candidates this consistent are worth refining for their informativeness.
 COARSE_CONSISTENCY = 0.9
 # Rotations tried for an axis of revolution (besides the identity).
@@ -234,6 +237,7 @@ def find_symmetry(
     """The most informative consistent symmetry of the observed ``points`` (or None), and the
     refined candidates it was chosen from (for reports)."""
     rng = np.random.default_rng(seed)
+    points = points[np.lexsort(points.T[::-1])]  # the caller's order must not matter
     # A random order, so that any prefix is a spatially uniform subsample.
     points = points[rng.permutation(len(points))[:SCORE_POINTS]]
     coarse = EvidenceJudge(frames, target, 4.0 * voxel)
@@ -260,7 +264,13 @@ def find_symmetry(
         seeds += _distinct(plausible, 2, np.radians(20.0), key=lambda c: c.unknown)
         for c in seeds:
             start = _evaluate(fine, points, Symmetry(c.kind, c.direction, c.point))
-            refined.append(_refine(fine, points, start, 0.1, voxel))
+            refined.append(_refine(fine, points, start, 0.1, 2.0 * voxel))
     accepted = [s for s in refined if s.consistency >= MIN_CONSISTENCY and s.agree >= MIN_AGREE]
-    best = max(accepted, key=lambda s: s.unknown, default=None)
-    return best, refined
+    if not accepted:
+        return None, refined
+    # Most informative first; but among nearly as informative candidates the best-agreeing one:
+    # pushing a mirror plane outwards sends more points into unknown space and is refuted by
+    # nothing, so informativeness alone drifts; agreement pins the plane where the data is.
+    most = max(s.unknown for s in accepted)
+    informative = [s for s in accepted if s.unknown >= INFORMATIVE_SHARE * most]
+    return max(informative, key=lambda s: s.agree), refined
