@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,15 @@ def _one_torch_thread() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+# Property tests run the same examples on every machine (CI must not flake on a new random
+# draw), and keep no example database in the checkout. HYPOTHESIS_PROFILE=explore searches anew.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+    _hypothesis_settings.register_profile("explore", deadline=None)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test dependency; without it those tests don't import
+    pass

@@ -30,3 +30,22 @@ def torch_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a GPU out-of-memory error from torch or Open3D (both say "out of memory")."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_gpu_memory() -> None:
+    """Give cached CUDA blocks back after an out-of-memory error (no-op without CUDA)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

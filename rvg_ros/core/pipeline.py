@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rvg_ros.core.backends import BackendOptions, ProgressFn, make_backend, no_progress
-from rvg_ros.core.devices import check_device
+from rvg_ros.core import failpoints
+from rvg_ros.core.backends import Backend, BackendOptions, ProgressFn, make_backend, no_progress
+from rvg_ros.core.devices import check_device, is_out_of_memory, release_gpu_memory
 from rvg_ros.core.export import export_reconstruction
 from rvg_ros.core.session import CaptureSession
 from rvg_ros.core.target import make_capture_set
@@ -33,6 +34,8 @@ class ReconstructSettings:
     frame_id: str = "world"
     # Backend-specific options (e.g. rvg: steps, cfg_scale, use_condition).
     backend_options: dict[str, object] = field(default_factory=dict)
+    # A GPU run that runs out of memory is run again on the CPU (slower, but an answer).
+    cpu_fallback: bool = False
 
 
 def reconstruct_frames(
@@ -40,24 +43,37 @@ def reconstruct_frames(
 ) -> tuple[Reconstruction, CaptureSet]:
     """Reconstruct; also returns the capture set used (the chosen views, the target)."""
     check_device(settings.device)
-    backend = make_backend(
+    backend = _make_backend(settings, settings.device)
+    capture = make_capture_set(
+        frames, settings.roi, settings.max_views, settings.seed, settings.min_views
+    )
+    try:
+        failpoints.hit("backend.reconstruct", settings.device)
+        result = backend.reconstruct(capture, progress)
+    except Exception as exc:
+        if not (settings.cpu_fallback and settings.device != "cpu" and is_out_of_memory(exc)):
+            raise
+        release_gpu_memory()
+        progress("retry on cpu", 0.0)
+        result = _make_backend(settings, "cpu").reconstruct(capture, progress)
+        result.extras["device_fallback"] = f"{type(exc).__name__}: {exc}; retried on CPU"
+    result.frame_id = settings.frame_id
+    result.extras["target_center"] = capture.target.center.tolist()
+    result.extras["target_side"] = capture.target.side
+    return result, capture
+
+
+def _make_backend(settings: ReconstructSettings, device: str) -> Backend:
+    return make_backend(
         settings.backend,
         BackendOptions(
-            device=settings.device,
+            device=device,
             resolution=settings.resolution,
             cloud_points=settings.cloud_points,
             weights_dir=settings.weights_dir,
             extra=dict(settings.backend_options),
         ),
     )
-    capture = make_capture_set(
-        frames, settings.roi, settings.max_views, settings.seed, settings.min_views
-    )
-    result = backend.reconstruct(capture, progress)
-    result.frame_id = settings.frame_id
-    result.extras["target_center"] = capture.target.center.tolist()
-    result.extras["target_side"] = capture.target.side
-    return result, capture
 
 
 def reconstruct_folder(

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from rvg_ros.core.limits import LimitExceeded, Limits, check_image_size
 from rvg_ros.core.types import Frame, Intrinsics, check_rigid
 
 TRANSFORMS = "transforms.json"
@@ -36,6 +37,8 @@ DEPTH_SCALE_MM = 0.001
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 _DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3", "k4")
 _MAX_DEPTH_MM = 65535
+# A transforms.json of 64 MB lists ~100k frames; anything larger is not a capture folder.
+MAX_TRANSFORMS_BYTES = 64 * 2**20
 
 
 class SessionError(ValueError):
@@ -61,11 +64,16 @@ def _fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Disk full, file size limit, read-only folder: leave no partial temporary behind.
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -113,7 +121,10 @@ def _intrinsics_from_json(entry: dict[str, Any], defaults: dict[str, Any]) -> In
             distortion=distortion,
         )
         k.validate()
-    except (TypeError, ValueError) as exc:
+        check_image_size(k.width, k.height, Limits().max_image_pixels)
+    except LimitExceeded as exc:
+        raise SessionError(str(exc)) from exc
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SessionError(f"bad intrinsics: {exc}") from exc
     return k
 
@@ -167,8 +178,14 @@ class CaptureSession:
     @staticmethod
     def _load_document(path: Path) -> dict[str, Any]:
         try:
+            size = path.stat().st_size
+            if size > MAX_TRANSFORMS_BYTES:
+                raise SessionError(
+                    f"{path.name} is {size} bytes, more than {MAX_TRANSFORMS_BYTES}: "
+                    "not a capture folder"
+                )
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise SessionError(f"cannot parse {path.name}: {exc}") from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
             raise SessionError(f"{path.name} must be an object with a 'frames' list")
@@ -222,13 +239,17 @@ class CaptureSession:
             except (TypeError, ValueError) as exc:
                 raise SessionError(f"bad transform_matrix: {exc}") from exc
             pose = opencv_from_opengl(gl)
+        try:
+            stamp = float(entry.get("stamp", 0.0))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SessionError(f"bad stamp {entry.get('stamp')!r}") from exc
         return Frame(
             rgb=rgb,
             intrinsics=k,
             camera_to_world=pose,
             depth=depth,
             mask=mask,
-            stamp=float(entry.get("stamp", 0.0)),
+            stamp=stamp,
             note=str(entry.get("note", "")),
         )
 
@@ -242,8 +263,15 @@ class CaptureSession:
             raw = _read_image(path, cv2.IMREAD_UNCHANGED)
             if raw.ndim != 2:
                 raise SessionError(f"depth image must be single channel: {path.name}")
-            scale = float(self._doc.get("depth_unit_scale_factor", DEPTH_SCALE_MM))
-            depth = raw.astype(np.float32) * scale
+            scale = self._doc.get("depth_unit_scale_factor", DEPTH_SCALE_MM)
+            if (
+                isinstance(scale, bool)
+                or not isinstance(scale, int | float)
+                or not np.isfinite(scale)
+                or scale <= 0
+            ):
+                raise SessionError(f"depth_unit_scale_factor must be > 0, got {scale!r}")
+            depth = raw.astype(np.float32) * np.float32(scale)
         depth[~np.isfinite(depth) | (depth < 0)] = 0.0
         return depth
 
