@@ -136,3 +136,36 @@ def test_arbitrary_camera_info_is_valid_or_rejected(k: list, width: int, height:
     except ValueError:
         return
     intr.validate()
+
+
+_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=150)
+@given(
+    fx=st.one_of(_float, st.sampled_from([0.0, -1.0, 500.0])),
+    fy=st.one_of(_float, st.sampled_from([0.0, -1.0, 500.0])),
+    d=st.lists(st.one_of(_float, st.just(0.0)), max_size=9),
+    model=st.sampled_from(["plumb_bob", "rational_polynomial", "equidistant", "", "x" * 40]),
+    binning=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 8)),
+    roi=st.tuples(*[st.integers(0, 5000)] * 4),
+    use_projection=st.booleans(),
+)
+def test_hostile_camera_info_is_valid_or_refused(
+    fx: float, fy: float, d: list, model: str, binning: tuple, roi: tuple, use_projection: bool
+) -> None:
+    """Zeros, NaN, negative focal lengths, odd distortion, absurd binning / ROI: either a valid
+    camera no larger than the image, or a ValueError with a reason."""
+    msg = _info(distortion_model=model, d=d, binning_x=binning[0], binning_y=binning[1])
+    msg.k = [fx, 0.0, 319.5, 0.0, fy, 239.5, 0.0, 0.0, 1.0]
+    msg.p = [fx, 0.0, 319.5, 0.0, 0.0, fy, 239.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+    msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = roi
+    try:
+        intr = camera_info_to_intrinsics(msg, use_projection=use_projection)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    intr.validate()
+    assert math.isfinite(fx) and fx > 0 and math.isfinite(fy) and fy > 0
+    assert all(math.isfinite(v) for v in intr.distortion)
+    assert 0 < intr.width <= max(640, roi[2]) and 0 < intr.height <= max(480, roi[3])

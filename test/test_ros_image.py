@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from rvg_ros.core.limits import LimitExceeded
 from rvg_ros.ros.image import (
+    COLOUR_ENCODINGS,
+    DEPTH_ENCODINGS,
     ENCODINGS,
     array_to_image,
+    check_image,
     depth_to_image,
     image_to_array,
     image_to_depth,
@@ -261,3 +265,73 @@ def test_arbitrary_headers_never_crash(
         except ValueError:
             continue
         assert out.shape[:2] == (height, width)
+
+
+# -- hostile messages (property tests; the node runs check_image on every arriving message) ----
+_ENC = sorted(ENCODINGS)
+
+
+@settings(max_examples=150)
+@given(
+    encoding=st.sampled_from(_ENC),
+    height=st.integers(1, 6),
+    width=st.integers(1, 6),
+    pad=st.integers(0, 5),
+    extra=st.integers(0, 40),
+    bigendian=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_padding_extra_data_and_byte_order_decodes_exactly(
+    encoding: str, height: int, width: int, pad: int, extra: int, bigendian: bool, seed: int
+) -> None:
+    spec = ENCODINGS[encoding]
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if spec.channels == 1 else (height, width, spec.channels)
+    if spec.dtype == np.float32:
+        arr = rng.normal(size=shape).astype(np.float32)
+    else:
+        arr = rng.integers(0, np.iinfo(spec.dtype).max, size=shape, endpoint=True).astype(
+            spec.dtype
+        )
+    msg = _raw(arr, encoding, pad=pad, bigendian=bigendian)
+    msg.data = array.array("B", bytes(msg.data) + bytes(range(extra)))  # longer than h * step
+    out = image_to_array(msg)
+    assert out.dtype.isnative and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, arr)
+
+
+@settings(max_examples=150)
+@given(
+    encoding=st.one_of(st.sampled_from(_ENC), st.text(max_size=8)),
+    height=st.integers(0, 2**32 - 1),
+    width=st.integers(0, 2**32 - 1),
+    step=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 64),
+    max_pixels=st.sampled_from([0, 16, 4096 * 4096]),
+)
+def test_huge_or_inconsistent_headers_are_refused_before_any_allocation(
+    encoding: str, height: int, width: int, step: int, size: int, max_pixels: int
+) -> None:
+    """Declared sizes up to 4 G x 4 G with at most 64 bytes of data: the header check refuses
+    them (the decoder allocates only after it), and agrees with the decoder."""
+    msg = Image(height=height, width=width, encoding=encoding, step=step, data=bytes(size))
+    try:
+        check_image(msg, max_pixels=max_pixels)
+    except ValueError as exc:
+        assert str(exc)
+        if max_pixels == 0:
+            with pytest.raises(ValueError):
+                image_to_array(msg)
+        return
+    assert height * step <= size
+    assert max_pixels == 0 or height * width <= max_pixels
+    assert image_to_array(msg).shape[:2] == (height, width)
+
+
+def test_check_image_limits_and_encodings() -> None:
+    msg = rgb_to_image(_rgb(64, 64))
+    check_image(msg, COLOUR_ENCODINGS, max_pixels=64 * 64)
+    with pytest.raises(LimitExceeded, match="64x64 = 4096 pixels > max_image_pixels=4095"):
+        check_image(msg, COLOUR_ENCODINGS, max_pixels=4095)
+    with pytest.raises(ValueError, match="unsupported image encoding 'rgb8' here"):
+        check_image(msg, DEPTH_ENCODINGS)

@@ -222,3 +222,57 @@ def test_any_cloud_packs_and_reads_back(points: list, drop: bool) -> None:
     expected = pts[finite] if drop else pts
     np.testing.assert_array_equal(back.points, expected)
     assert msg.is_dense == bool(np.all(np.isfinite(expected)))
+
+
+_FIELD_TYPES = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 42])
+
+
+@settings(max_examples=150)
+@given(
+    height=st.integers(0, 2**32 - 1),
+    width=st.integers(0, 2**32 - 1),
+    small=st.booleans(),
+    point_step=st.integers(0, 40),
+    row_step=st.integers(0, 2**32 - 1),
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(["x", "y", "z", "rgb", "rgba", "confidence", "intensity"]),
+            st.integers(0, 40),
+            _FIELD_TYPES,
+            st.integers(0, 3),
+        ),
+        max_size=7,
+    ),
+    size=st.integers(0, 400),
+    bigendian=st.booleans(),
+)
+def test_hostile_point_cloud2_reads_or_is_refused(
+    height: int,
+    width: int,
+    small: bool,
+    point_step: int,
+    row_step: int,
+    fields: list,
+    size: int,
+    bigendian: bool,
+) -> None:
+    """Any header (sizes up to 4 G, fields anywhere, unknown types, short data): a cloud of
+    height * width points or a ValueError, and never an allocation the data can't back."""
+    if small:  # half the examples in a range where decoding can succeed
+        height, width, row_step = height % 4, width % 6, row_step % 200
+    msg = PointCloud2(
+        height=height,
+        width=width,
+        point_step=point_step,
+        row_step=row_step,
+        is_bigendian=bigendian,
+        fields=[PointField(name=n, offset=o, datatype=t, count=c) for n, o, t, c in fields],
+        data=array.array("B", bytes(range(256)) * 2)[:size],
+    )
+    try:
+        cloud = point_cloud2_to_cloud(msg)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert len(cloud.points) == len(cloud.colors) == len(cloud.confidence) == height * width
+    assert height * width * point_step <= max(size, 0) or height * width == 0

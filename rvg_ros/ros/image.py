@@ -23,6 +23,8 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from rvg_ros.core.limits import check_image_size
+
 
 @dataclass(frozen=True)
 class _Encoding:
@@ -74,28 +76,46 @@ def _data_as_bytes(data: object) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
-def image_to_array(msg: Image) -> np.ndarray:
-    """Decode any supported encoding to a native-endian ``(H, W)`` or ``(H, W, C)`` array.
-
-    Channel order is the message's own (a bgr8 image stays BGR); use ``image_to_rgb`` for colour.
-    Bytes past ``height * step`` are ignored, as ROS tools do; fewer are an error.
-    """
+def check_image(
+    msg: Image, encodings: tuple[str, ...] | None = None, max_pixels: int = 0
+) -> _Encoding:
+    """Check an Image's header against its data without decoding it (cheap: run it on every
+    message as it arrives). Raises ValueError saying what is wrong; ``max_pixels`` > 0 also
+    refuses images larger than that (LimitExceeded, a ValueError)."""
+    if encodings is not None and msg.encoding not in encodings:
+        raise ValueError(
+            f"unsupported image encoding {msg.encoding!r} here (expected one of "
+            f"{', '.join(encodings)})"
+        )
     spec = _encoding(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ValueError(f"image has zero size ({width}x{height}, encoding {msg.encoding})")
+    check_image_size(width, height, max_pixels)
     row_bytes = width * spec.bytes_per_pixel
     if step < row_bytes:
         raise ValueError(
             f"image step {step} is smaller than width * bytes per pixel "
             f"({width} * {spec.bytes_per_pixel} = {row_bytes}) for {msg.encoding}"
         )
-    buf = _data_as_bytes(msg.data)
+    size = _data_as_bytes(msg.data).size
     needed = height * step
-    if buf.size < needed:
+    if size < needed:
         raise ValueError(
-            f"image data has {buf.size} bytes but height * step is {height} * {step} = {needed}"
+            f"image data has {size} bytes but height * step is {height} * {step} = {needed}"
         )
+    return spec
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Decode any supported encoding to a native-endian ``(H, W)`` or ``(H, W, C)`` array.
+
+    Channel order is the message's own (a bgr8 image stays BGR); use ``image_to_rgb`` for colour.
+    Bytes past ``height * step`` are ignored, as ROS tools do; fewer are an error.
+    """
+    spec = check_image(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = _data_as_bytes(msg.data)
     dtype = spec.dtype
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
