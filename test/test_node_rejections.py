@@ -129,12 +129,19 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DemoClient, 
         print((root / "node.log").read_text()[-2000:])
 
 
-def _capture_until_answer(client: DemoClient, expect_accepted: bool, timeout: float = 15.0):
-    """Discovery and first matches take a moment: retry while the node has no frame yet."""
+def _capture_until_answer(
+    client: DemoClient, expect_accepted: bool, timeout: float = 15.0, reason: str = ""
+):
+    """Discovery and first matches take a moment, and the previous case's frame stays the
+    latest until it is max_frame_age old: retry until the expected answer. A bad frame must
+    never be accepted meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         response = client.capture_frame()
-        if response.accepted == expect_accepted and "no frame yet" not in response.reason:
+        if not expect_accepted:
+            assert not response.accepted, "a bad frame was accepted"
+        done = response.accepted == expect_accepted and "no frame yet" not in response.reason
+        if done and reason in response.reason:
             return response
         if time.monotonic() > deadline:
             return response
@@ -155,7 +162,7 @@ def _capture_until_answer(client: DemoClient, expect_accepted: bool, timeout: fl
 def test_bad_frames_are_rejected_with_reason(rig, changes: dict, reason: str) -> None:
     client, publisher = rig
     publisher.set(**changes)
-    response = _capture_until_answer(client, expect_accepted=False)
+    response = _capture_until_answer(client, expect_accepted=False, reason=reason)
     assert not response.accepted, "a bad frame was accepted"
     assert reason in response.reason, response.reason
     assert response.frame_index == -1

@@ -6,6 +6,8 @@ Everything is in metres, in the capture's world frame. Exporters only read the r
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,7 @@ import open3d as o3d
 import trimesh
 
 from rvg_ros.core.render import MeshRenderer
-from rvg_ros.core.session import write_atomic
+from rvg_ros.core.session import _fsync_dir, write_atomic
 from rvg_ros.core.types import Frame, Intrinsics, Mesh, PointCloud, Reconstruction
 
 # Generated (unobserved) surface is tinted with this colour in the preview.
@@ -184,3 +186,28 @@ def export_reconstruction(
     result.files = files
     write_atomic(out_dir / "result.json", json.dumps(result_summary(result), indent=2).encode())
     return files
+
+
+def next_result_dir(out_root: Path) -> Path:
+    """``out_root/NNN`` one past the highest numbered result already there (001 if none)."""
+    out_root = Path(out_root)
+    numbers = [int(p.name) for p in out_root.glob("[0-9]*") if p.name.isdigit()]
+    return out_root / f"{max(numbers, default=0) + 1:03d}"
+
+
+def export_reconstruction_atomic(
+    result: Reconstruction, frames: list[Frame], out_dir: Path
+) -> dict[str, str]:
+    """``export_reconstruction`` into a hidden sibling folder, then one rename to ``out_dir``:
+    readers (and a restart after a kill) see a complete result folder or none at all."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a kill during an earlier export
+    export_reconstruction(result, frames, staging)
+    final = out_dir.resolve()
+    result.files = {name: str(final / name) for name in result.files}
+    write_atomic(staging / "result.json", json.dumps(result_summary(result), indent=2).encode())
+    os.rename(staging, out_dir)  # fails rather than merging if out_dir appeared meanwhile
+    _fsync_dir(out_dir.parent)
+    return result.files

@@ -11,7 +11,7 @@ answer about the frames it just captured, not about a queue).
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import threading
 import time
@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -36,12 +37,31 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from rvg_ros.core.backends import BACKENDS, is_known_backend
-from rvg_ros.core.export import export_reconstruction, render_preview
+from rvg_ros.core.export import export_reconstruction_atomic, next_result_dir, render_preview
+from rvg_ros.core.limits import (
+    LimitExceeded,
+    Limits,
+    check_image_size,
+    check_session_room,
+    folder_bytes,
+    sanitize_text,
+)
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
+from rvg_ros.core.rejections import RejectionCounts
 from rvg_ros.core.session import CaptureSession, SessionError
 from rvg_ros.core.types import Cancelled, Frame, Reconstruction
 from rvg_ros.ros.camera_info import camera_info_to_intrinsics
-from rvg_ros.ros.image import image_to_depth, image_to_mask, image_to_rgb, rgb_to_image
+from rvg_ros.ros.diagnostics import NodeHealth, health_to_diagnostics
+from rvg_ros.ros.image import (
+    COLOUR_ENCODINGS,
+    DEPTH_ENCODINGS,
+    MASK_ENCODINGS,
+    check_image,
+    image_to_depth,
+    image_to_mask,
+    image_to_rgb,
+    rgb_to_image,
+)
 from rvg_ros.ros.marker import camera_frusta_to_marker_array, mesh_to_marker
 from rvg_ros.ros.point_cloud2 import cloud_to_point_cloud2
 from rvg_ros.ros.reconstruction import reconstruction_to_msg
@@ -83,7 +103,35 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
         "Reject frames whose variance of the Laplacian is below this (0 = off).",
     ),
     ("min_frames", 2, "Frames needed before a reconstruction is attempted."),
-    ("max_frames", 64, "Frames held at most; further captures are rejected."),
+    (
+        "max_frame_age",
+        2.0,
+        "Capture refuses a synchronised frame that arrived more than this many seconds ago "
+        "(the camera stopped, or only malformed messages arrive); 0 = any age.",
+    ),
+    ("max_frames", Limits.max_frames, "Frames held at most; further captures are rejected."),
+    (
+        "max_image_pixels",
+        Limits.max_image_pixels,
+        "Images (colour, depth, mask, camera info size) larger than this many pixels are "
+        "rejected as they arrive (0 = no limit).",
+    ),
+    (
+        "max_session_mb",
+        Limits.max_session_mb,
+        "Captures that would take the session folder past this size on disk are rejected "
+        "(0 = no limit).",
+    ),
+    (
+        "cpu_fallback",
+        True,
+        "A reconstruction that runs out of GPU memory is run again on the CPU.",
+    ),
+    (
+        "diagnostics_period",
+        1.0,
+        "Seconds between diagnostic_msgs/DiagnosticArray reports on /diagnostics (0 = off).",
+    ),
     (
         "roi",
         [0.0],
@@ -133,12 +181,21 @@ class ReconstructNode(Node):
 
         self._lock = threading.Lock()  # guards _latest, _session, counters
         self._latest: MatchedMessages | None = None
+        self._latest_at = 0.0  # time.monotonic() when _latest arrived
+        self._last_drop: dict[str, tuple[float, str]] = {}  # input -> (monotonic, reason)
         self._received: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
+        # Messages dropped as they arrive and frames refused, by reason (bounded; diagnostics).
+        self.rejected = RejectionCounts()
+        self._reported_rejections = 0
+        self._write_error = ""
         self._last_auto_pose: np.ndarray | None = None
         self._session = self._open_session()
+        # The node writes only under these: the sessions folder (session_dir's parent, where
+        # reset archives go) and output_dir. load_session accepts folders in the former only.
+        self._sessions_root = self._session.root.resolve().parent
         self._cameras = [(f.intrinsics, f.camera_to_world) for f in self._session.frames()]
-        self._results = 0
+        self._session_bytes = folder_bytes(self._session.root)
 
         self._busy = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvg_reconstruct")
@@ -177,6 +234,13 @@ class ReconstructNode(Node):
             cancel_callback=lambda _goal: CancelResponse.ACCEPT,
             callback_group=group,
         )
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if float(self.p("diagnostics_period")) > 0:
+            self.create_timer(
+                float(self.p("diagnostics_period")),
+                self._publish_diagnostics,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
         self._publish_frusta()
         self.get_logger().info(
             f"ready: session {self._session.root} ({len(self._session)} frames), "
@@ -251,9 +315,30 @@ class ReconstructNode(Node):
 
     def _feeder(self, name: str):  # noqa: ANN202 - returns a subscription callback
         add = getattr(self._sync, f"add_{name}")
+        encodings = {"colour": COLOUR_ENCODINGS, "depth": DEPTH_ENCODINGS, "mask": MASK_ENCODINGS}
+        max_pixels = int(self.p("max_image_pixels"))
+
+        def check(msg: Any) -> None:
+            if name == "camera_info":
+                intrinsics = camera_info_to_intrinsics(msg)
+                check_image_size(intrinsics.width, intrinsics.height, max_pixels)
+            else:
+                check_image(msg, encodings[name], max_pixels)
 
         def feed(msg: Any) -> None:
             self._received[name] += 1
+            # Malformed or oversized messages never reach the synchroniser: a flooding or
+            # broken publisher cannot displace good frames or make us decode junk.
+            try:
+                check(msg)
+            except (ValueError, TypeError, OverflowError) as exc:
+                key = self.rejected.add(f"{name} message", str(exc))
+                self._last_drop[name] = (time.monotonic(), str(exc))
+                self.get_logger().warning(
+                    f"{name} message dropped: {exc} ({key}; counts on /diagnostics)",
+                    throttle_duration_sec=5.0,
+                )
+                return
             add(msg)
 
         return feed
@@ -261,17 +346,34 @@ class ReconstructNode(Node):
     # ------------------------------------------------------------------ frames
     def _on_matched(self, matched: MatchedMessages) -> None:
         with self._lock:
-            self._latest = matched
+            self._latest, self._latest_at = matched, time.monotonic()
         if self.p("capture_mode") == "auto":
             self._auto_capture(matched)
 
     def _reject(self, reason: str) -> str:
         key = reason.split(":")[0]
         self.rejections[key] += 1
+        self.rejected.add("frame", reason)
         self.get_logger().warning(f"frame rejected: {reason}")
         return reason
 
+    def _dropped_since(self, since: float) -> list[str]:
+        return [f"{n} message: {r}" for n, (t, r) in self._last_drop.items() if t > since]
+
+    def _stale_reason(self, latest_at: float) -> str | None:
+        max_age = float(self.p("max_frame_age"))
+        age = time.monotonic() - latest_at
+        if max_age <= 0 or age <= max_age:
+            return None
+        dropped = self._dropped_since(latest_at)
+        if dropped:
+            return f"bad message: no good frame for {age:.1f} s; dropped " + "; ".join(dropped)
+        return f"no frame yet: the last synchronised frame is {age:.1f} s old (max_frame_age)"
+
     def _missing_input_reason(self) -> str:
+        dropped = self._dropped_since(0.0)
+        if dropped:
+            return "bad message: nothing usable received; dropped " + "; ".join(dropped)
         names = ["colour", "camera_info"] + [
             n for n, on in (("depth", self._sync.with_depth), ("mask", self._sync.with_mask)) if on
         ]
@@ -355,17 +457,34 @@ class ReconstructNode(Node):
         """Keep a frame; returns (index, frames held). Raises FrameRejected with the reason."""
         if matched is None:
             with self._lock:
-                matched = self._latest
+                matched, latest_at = self._latest, self._latest_at
+            if matched is not None:
+                stale = self._stale_reason(latest_at)
+                if stale:
+                    raise FrameRejected(stale)
         if matched is None:
             raise FrameRejected(self._missing_input_reason())
         if len(self._session) >= int(self.p("max_frames")):
             raise FrameRejected(f"session full: max_frames={self.p('max_frames')} reached")
-        frame = self.frame_from_messages(matched, note)
+        frame = self.frame_from_messages(matched, sanitize_text(note, Limits.max_note_chars))
         with self._lock:
+            # Checked again under the lock: concurrent captures must not overshoot.
+            if len(self._session) >= int(self.p("max_frames")):
+                raise FrameRejected(f"session full: max_frames={self.p('max_frames')} reached")
+            # Upper bound of the PNGs this frame adds (colour + 16-bit depth + mask).
+            pixels = frame.rgb.shape[0] * frame.rgb.shape[1]
+            adding = pixels * (3 + 2 * (frame.depth is not None) + (frame.mask is not None))
+            try:
+                check_session_room(self._session_bytes, adding, float(self.p("max_session_mb")))
+            except LimitExceeded as exc:
+                raise FrameRejected(str(exc)) from exc
             try:
                 index = self._session.append(frame)  # on disk before we acknowledge
             except (OSError, ValueError) as exc:
+                self._write_error = str(exc)
                 raise FrameRejected(f"write failed: {exc}") from exc
+            self._write_error = ""
+            self._session_bytes = folder_bytes(self._session.root)
             self._cameras.append((frame.intrinsics, frame.camera_to_world))
             held = len(self._session)
         self._publish_frusta()
@@ -402,7 +521,9 @@ class ReconstructNode(Node):
     def _on_capture(self, request: Any, response: Any) -> Any:
         try:
             index, held = self.capture(request.note)
-        except FrameRejected as exc:
+        except Exception as exc:  # noqa: BLE001 - a service answers; it never kills the node
+            if not isinstance(exc, FrameRejected):
+                exc = FrameRejected(f"internal error: {type(exc).__name__}: {exc}")
             response.accepted, response.frame_index = False, -1
             response.num_frames = len(self._session)
             response.reason = self._reject(str(exc))
@@ -412,41 +533,71 @@ class ReconstructNode(Node):
         return response
 
     def _on_reset(self, request: Any, response: Any) -> Any:
-        if self._busy.locked():
+        # Holding the worker's lock: no reconstruction can start reading the frames we move.
+        if not self._busy.acquire(blocking=False):
             response.success, response.message = False, "busy: a reconstruction is running"
             return response
-        with self._lock:
-            root = self._session.root
-            if len(self._session):
-                # Keep the old frames on disk; the session folder starts empty again.
-                archived = root.with_name(f"{root.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.move(str(root), str(archived))
-                message = f"cleared {len(self._session)} frames (kept in {archived})"
-            else:
-                message = "session was already empty"
-            self._session = CaptureSession(root)
-            self._session.set_frame_id(self.p("target_frame"))
-            self._cameras = []
-            self._last_auto_pose = None
+        try:
+            with self._lock:
+                root = self._session.root
+                held = len(self._session)
+                if held:
+                    # Keep the old frames on disk; the session folder starts empty again.
+                    archived = self._archive(root)
+                    message = f"cleared {held} frames (kept in {archived})"
+                else:
+                    message = "session was already empty"
+                self._session = CaptureSession(root)
+                self._session.set_frame_id(self.p("target_frame"))
+                self._session_bytes = folder_bytes(root)
+                self._cameras = []
+                self._last_auto_pose = None
+        except (OSError, SessionError) as exc:
+            response.success, response.message = False, f"reset failed: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        finally:
+            self._busy.release()
         self._publish_frusta()
         response.success, response.message, response.session_dir = True, message, str(root)
         self.get_logger().info(f"reset: {message}")
         return response
 
+    @staticmethod
+    def _archive(root: Path) -> Path:
+        """Rename ``root`` to a fresh ``<name>-<time>[-N]`` sibling (never into an existing one)."""
+        stem = f"{root.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in range(1000):
+            archived = root.with_name(stem if n == 0 else f"{stem}-{n}")
+            if not archived.exists():
+                os.rename(root, archived)  # same folder: atomic
+                return archived
+        raise OSError(f"no free archive name for {root}")
+
     def _on_load(self, request: Any, response: Any) -> Any:
-        if self._busy.locked():
+        if not self._busy.acquire(blocking=False):
             response.success, response.message = False, "busy: a reconstruction is running"
             return response
         try:
-            session = CaptureSession(Path(request.path).expanduser(), create=False)
+            path = Path(request.path).expanduser()
+            # New captures are appended to the loaded folder: it must be one of ours.
+            if not path.resolve().is_relative_to(self._sessions_root):
+                raise SessionError(
+                    f"outside the sessions folder {self._sessions_root} (the node writes only "
+                    "there and in output_dir; copy the capture folder there first)"
+                )
+            session = CaptureSession(path, create=False)
             frames = session.frames()  # every frame must be readable before we switch
-        except (SessionError, OSError) as exc:
+            with self._lock:
+                self._session = session
+                self._session_bytes = folder_bytes(session.root)
+                self._cameras = [(f.intrinsics, f.camera_to_world) for f in frames]
+        except (SessionError, OSError, ValueError) as exc:
             response.success, response.message = False, f"cannot load {request.path}: {exc}"
             self.get_logger().warning(response.message)
             return response
-        with self._lock:
-            self._session = session
-            self._cameras = [(f.intrinsics, f.camera_to_world) for f in frames]
+        finally:
+            self._busy.release()
         self._publish_frusta()
         response.success, response.num_frames = True, len(frames)
         response.message = f"loaded {len(frames)} frames from {session.root}"
@@ -465,6 +616,7 @@ class ReconstructNode(Node):
             weights_dir=self.p("weights_dir") or None,
             roi=self._roi(),
             frame_id=self.p("target_frame"),
+            cpu_fallback=bool(self.p("cpu_fallback")),
             backend_options={
                 "steps": int(self.p("rvg_steps")),
                 "cfg_scale": float(self.p("rvg_cfg_scale")),
@@ -500,9 +652,12 @@ class ReconstructNode(Node):
             progress("load", 0.0)
             frames = session.frames()
             result, capture = reconstruct_frames(frames, settings, progress)
+            if "device_fallback" in result.extras:
+                self.get_logger().warning(f"GPU: {result.extras['device_fallback']}")
             out_root = Path(self.p("output_dir") or session.root / "reconstructions").expanduser()
-            self._results += 1
-            export_reconstruction(result, capture.frames, out_root / f"{self._results:03d}")
+            # Written into a hidden folder and renamed: a kill mid-export leaves no partial
+            # result, and numbering continues after a restart instead of overwriting.
+            export_reconstruction_atomic(result, capture.frames, next_result_dir(out_root))
             self._publish(result, capture.frames)
             self.get_logger().info(
                 f"reconstructed with {result.backend}: {result.num_views} views, "
@@ -598,6 +753,28 @@ class ReconstructNode(Node):
         with self._lock:
             cameras = list(self._cameras)
         self.frusta_pub.publish(camera_frusta_to_marker_array(cameras, self._header()))
+
+    def health(self) -> NodeHealth:
+        total = self.rejected.total()
+        new, self._reported_rejections = total - self._reported_rejections, total
+        with self._lock:
+            held, root, size = len(self._session), self._session.root, self._session_bytes
+        return NodeHealth(
+            name=f"{self.get_name()}: capture and reconstruction",
+            received=dict(self._received),
+            rejected=self.rejected.snapshot(),
+            frames_held=held,
+            session_dir=str(root),
+            session_mb=size / 2**20,
+            stage=self._status.stage,
+            write_error=self._write_error,
+            new_rejections=new,
+            extra={f"unmatched {k}": str(v) for k, v in self._sync.dropped.items()},
+        )
+
+    def _publish_diagnostics(self) -> None:
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self.diagnostics_pub.publish(health_to_diagnostics(self.health(), header))
 
     def destroy_node(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
