@@ -5,6 +5,7 @@ The node, the CLI, the demo and the evaluation harness all call ``reconstruct_fr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from rvg_ros.core import failpoints
 from rvg_ros.core.backends import Backend, BackendOptions, ProgressFn, make_backend, no_progress
 from rvg_ros.core.devices import check_device, is_out_of_memory, release_gpu_memory
 from rvg_ros.core.export import export_reconstruction
-from rvg_ros.core.session import CaptureSession
+from rvg_ros.core.poses import PoseReport, PoseSettings, prepare_poses
+from rvg_ros.core.session import CaptureSession, write_atomic
 from rvg_ros.core.target import make_capture_set
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction
 
@@ -34,6 +36,8 @@ class ReconstructSettings:
     frame_id: str = "world"
     # Backend-specific options (e.g. rvg: steps, cfg_scale, use_condition).
     backend_options: dict[str, object] = field(default_factory=dict)
+    # Pose estimation (unposed frames) and refinement (given poses): see rvg_ros.core.poses.
+    poses: PoseSettings = field(default_factory=PoseSettings)
     # A GPU run that runs out of memory is run again on the CPU (slower, but an answer).
     cpu_fallback: bool = False
 
@@ -44,6 +48,8 @@ def reconstruct_frames(
     """Reconstruct; also returns the capture set used (the chosen views, the target)."""
     check_device(settings.device)
     backend = _make_backend(settings, settings.device)
+    progress("poses", 0.0)
+    frames, poses = prepare_poses(frames, settings.poses, settings.seed, settings.min_views)
     capture = make_capture_set(
         frames, settings.roi, settings.max_views, settings.seed, settings.min_views
     )
@@ -58,6 +64,11 @@ def reconstruct_frames(
         result = _make_backend(settings, "cpu").reconstruct(capture, progress)
         result.extras["device_fallback"] = f"{type(exc).__name__}: {exc}; retried on CPU"
     result.frame_id = settings.frame_id
+    # Up to scale when the poses are (unposed RGB), whatever the backend assumed.
+    result.metric_scale = result.metric_scale and poses.metric_scale
+    result.stage_seconds = {"poses": poses.seconds, **result.stage_seconds}
+    result.extras.update(poses.summary())
+    result.extras["pose_report"] = poses
     result.extras["target_center"] = capture.target.center.tolist()
     result.extras["target_side"] = capture.target.side
     return result, capture
@@ -88,5 +99,26 @@ def reconstruct_folder(
         settings.frame_id = session.frame_id
     frames = session.frames()
     result, capture = reconstruct_frames(frames, settings, progress)
+    report = result.extras["pose_report"]
+    if isinstance(report, PoseReport) and report.method != "given":
+        session.record_poses(report)
     export_reconstruction(result, capture.frames, output_dir)
+    if isinstance(report, PoseReport):
+        write_poses_json(report, frames, output_dir / "poses.json")
     return result
+
+
+def write_poses_json(report: PoseReport, frames: list[Frame], path: Path) -> None:
+    """The poses used, per input frame (camera-to-world, OpenCV axes, in ``report.frame``),
+    with what was done to each and why dropped ones were dropped."""
+    entries = []
+    for index, (frame, pose) in enumerate(zip(frames, report.frames, strict=True)):
+        entry: dict[str, object] = {"index": index, "note": frame.note, **pose.to_json()}
+        if pose.pose is not None:
+            entry["camera_to_world"] = np.asarray(pose.pose).tolist()
+        if pose.tf_pose is not None:
+            entry["given_camera_to_world"] = np.asarray(pose.tf_pose).tolist()
+        entries.append(entry)
+    doc = {**report.to_json(), "convention": "camera_to_world, OpenCV axes", "frames": entries}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(doc, indent=1).encode("utf-8"))

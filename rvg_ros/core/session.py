@@ -41,6 +41,11 @@ _MAX_DEPTH_MM = 65535
 MAX_TRANSFORMS_BYTES = 64 * 2**20
 
 
+# Per frame, written by ``record_poses``: the pose the frame came with, and what was done to it.
+TF_POSE_KEY = "rvg_ros_tf_transform_matrix"
+POSE_STATUS_KEY = "rvg_ros_pose"
+
+
 class SessionError(ValueError):
     """A capture folder that cannot be read or written, with the reason."""
 
@@ -232,9 +237,13 @@ class CaptureSession:
                 raise SessionError(f"mask is {raw.shape[::-1]}, colour {rgb.shape[1::-1]}")
             mask = raw > 0
         pose = None
-        if entry.get("transform_matrix") is not None:
+        # After pose estimation/refinement ``transform_matrix`` holds the poses used and the
+        # frame's own pose (TF; None when it came unposed) is kept under TF_POSE_KEY: frames are
+        # read with their own, so a second reconstruction starts from the same input.
+        key = TF_POSE_KEY if TF_POSE_KEY in entry else "transform_matrix"
+        if entry.get(key) is not None:
             try:
-                gl = np.asarray(entry["transform_matrix"], dtype=np.float64)
+                gl = np.asarray(entry[key], dtype=np.float64)
                 check_rigid(gl)
             except (TypeError, ValueError) as exc:
                 raise SessionError(f"bad transform_matrix: {exc}") from exc
@@ -322,6 +331,39 @@ class CaptureSession:
         differs = any(self._doc.get(key) != value for key, value in as_json.items())
         if differs:
             entry.update(as_json)
+
+    def record_poses(self, report: Any) -> None:
+        """Write estimated/refined poses back (``rvg_ros.core.poses.PoseReport``, one entry per
+        frame in order): ``transform_matrix`` becomes the pose used (removed for a dropped
+        frame), the original goes under ``rvg_ros_tf_transform_matrix`` (null when unposed),
+        and ``rvg_ros_pose`` says what was done and why. One atomic rewrite."""
+        with self._lock:
+            if len(report.frames) != len(self._doc["frames"]):
+                raise SessionError(
+                    f"pose report has {len(report.frames)} frames, session {len(self)}"
+                )
+            entries = []
+            for entry, pose in zip(self._doc["frames"], report.frames, strict=True):
+                entry = dict(entry)
+                if TF_POSE_KEY not in entry:
+                    entry[TF_POSE_KEY] = entry.get("transform_matrix")
+                entry.pop("transform_matrix", None)
+                if pose.pose is not None:
+                    entry["transform_matrix"] = opengl_from_opencv(pose.pose).tolist()
+                entry[POSE_STATUS_KEY] = pose.to_json()
+                entries.append(entry)
+            doc = dict(self._doc)
+            doc["frames"] = entries
+            doc["rvg_ros"] = {
+                **doc.get("rvg_ros", {}),
+                "poses": {
+                    "method": report.method,
+                    "frame": report.frame,
+                    "metric_scale": report.metric_scale,
+                },
+            }
+            self._write_document(doc)
+            self._doc = doc
 
     def set_frame_id(self, frame_id: str) -> None:
         """Record the world frame name that ``transform_matrix`` is expressed in."""

@@ -11,6 +11,8 @@ SAMPLERS = ("orbit", "one-sided", "random")
 # rgbd: colour + depth + object masks (a segmented RGB-D camera); rgb: colour + masks, no
 # depth; rgbd-unsegmented: colour + depth only, the pipeline finds the object itself.
 MODALITIES = ("rgbd", "rgb", "rgbd-unsegmented")
+POSE_INPUTS = ("tf", "none")
+REFINE_CHOICES = ("auto", "on", "off")  # as rvg_ros.core.poses.REFINE_CHOICES
 DEFAULT_BACKENDS = ("fusion", "hull", "fusion+convex", "fusion+carve", "fusion+mirror")
 
 
@@ -39,6 +41,25 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-noise", action="store_true", help="RealSense-like depth noise")
     parser.add_argument("--pose-noise-deg", type=float, default=0.0, help="rotation noise std")
     parser.add_argument("--pose-noise-mm", type=float, default=0.0, help="translation noise std")
+    parser.add_argument(
+        "--hand-eye-deg", type=float, default=0.0, help="constant camera offset: rotation (deg)"
+    )
+    parser.add_argument(
+        "--hand-eye-mm", type=float, default=0.0, help="constant camera offset: translation"
+    )
+    parser.add_argument(
+        "--pose-input",
+        choices=POSE_INPUTS,
+        default="tf",
+        help="tf: frames carry (possibly perturbed) poses; none: unposed, poses are estimated",
+    )
+    parser.add_argument(
+        "--refine-poses",
+        choices=REFINE_CHOICES,
+        default="off",
+        help="refinement of given poses against the depth (default off here, so that runs "
+        "stay comparable with the baseline tables; the node and rvg-ros reconstruct use auto)",
+    )
     parser.add_argument("--holdout-views", type=int, default=8, help="views for image metrics")
     parser.add_argument("--points", type=int, default=100_000, help="surface samples per shape")
     parser.add_argument("--grid-rows", type=int, default=8, help="objects shown in grid.png")

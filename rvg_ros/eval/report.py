@@ -58,6 +58,19 @@ TABLES: dict[str, tuple[Column, ...]] = {
     ),
 }
 PLOTTED = tuple(c for cols in TABLES.values() for c in cols)
+# Shown only for runs whose poses were estimated or refined (rvg_ros.eval.poses); medians over
+# the frames of an object, then mean ± std over the objects like every other column.
+POSE_TABLE = (
+    "Poses (estimated or refined; errors after alignment for unposed captures)",
+    (
+        Column("pose_registered", "frames registered"),
+        Column("pose_rot_err_deg", "median rot. err (°)", 1.0, 2, False),
+        Column("pose_trans_err_m", "median trans. err (mm)", 1000.0, 2, False),
+        Column("pose_rot_err_max_deg", "max rot. err (°)", 1.0, 2, False),
+        Column("pose_trans_err_max_m", "max trans. err (mm)", 1000.0, 1, False),
+        Column("pose_seconds", "pose time (s)", 1.0, 2, None),
+    ),
+)
 
 
 def write_csv(rows: Sequence[dict[str, object]], path: Path) -> None:
@@ -115,7 +128,10 @@ def summary_markdown(
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
-    for caption, columns in TABLES.items():
+    tables = list(TABLES.items())
+    if any(r.get("pose_method") not in (None, "", "given") for r in rows):
+        tables.append(POSE_TABLE)
+    for caption, columns in tables:
         lines += [f"## {caption}", ""]
         header = ["backend", "ok", *(c.heading for c in columns)]
         lines.append("| " + " | ".join(header) + " |")

@@ -30,10 +30,12 @@ import open3d as o3d
 
 from rvg_ros.core.backends import BACKENDS, is_known_backend
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
+from rvg_ros.core.poses import PoseSettings
 from rvg_ros.core.types import ReconstructionError
 from rvg_ros.eval.datasets import EvalObject, load_dataset
 from rvg_ros.eval.grid import GridRow, render_thumbnail, save_grid
 from rvg_ros.eval.options import DEFAULT_BACKENDS
+from rvg_ros.eval.poses import pose_scores
 from rvg_ros.eval.report import bar_charts, read_csv, summary_markdown, write_csv
 from rvg_ros.eval.scenes import ViewSpec, render_object
 from rvg_ros.eval.score import GroundTruth, score_reconstruction
@@ -59,6 +61,7 @@ class EvalConfig:
     grid_rows: int = 8
     device: str = "auto"
     overwrite: bool = False
+    refine_poses: str = "off"
 
     def validate(self) -> None:
         self.views.validate()
@@ -91,6 +94,16 @@ class EvalConfig:
         ):
             if value != default:
                 args += [flag, f"{value:g}"]
+        for flag, value, default in (
+            ("--hand-eye-deg", v.hand_eye_deg, 0.0),
+            ("--hand-eye-mm", v.hand_eye_m * 1000.0, 0.0),
+        ):
+            if value != default:
+                args += [flag, f"{value:g}"]
+        if v.pose_input != "tf":
+            args += ["--pose-input", v.pose_input]
+        if self.refine_poses != "off":
+            args += ["--refine-poses", self.refine_poses]
         if v.depth_noise:
             args.append("--depth-noise")
         return shlex.join(args)
@@ -122,7 +135,11 @@ def _reconstruct(
     # Open3D's RANSAC (support-plane search) draws from a global generator.
     o3d.utility.random.seed(config.seed)
     settings = ReconstructSettings(
-        backend=backend, device=config.device, seed=config.seed, resolution=config.resolution
+        backend=backend,
+        device=config.device,
+        seed=config.seed,
+        resolution=config.resolution,
+        poses=PoseSettings(refine=config.refine_poses),
     )
     start = time.perf_counter()
     try:
@@ -170,6 +187,8 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
                 **status,
             }
             if result is not None:
+                pose_row, result = pose_scores(result, capture.true_poses)
+                row.update(pose_row)
                 row.update(score_reconstruction(result, truth, config.points, config.seed))
                 unseen = row.get("completeness_unseen", float("nan"))
                 log(
@@ -226,6 +245,7 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         backends=tuple(stored["backends"]),
         views=views,
         out=config.out,
+        refine_poses=stored.get("refine_poses", "off"),
     )
     return write_report(original, rows, elapsed)
 
@@ -235,6 +255,12 @@ def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
     noise = ", depth noise" if v.depth_noise else ""
     if v.pose_noise_deg or v.pose_noise_m:
         noise += f", pose noise {v.pose_noise_deg:g}° / {v.pose_noise_m * 1000:g} mm"
+    if v.hand_eye_deg or v.hand_eye_m:
+        noise += f", hand-eye offset {v.hand_eye_deg:g}° / {v.hand_eye_m * 1000:g} mm"
+    if v.pose_input == "none":
+        noise += ", unposed (poses estimated)"
+    if config.refine_poses != "off":
+        noise += f", pose refinement {config.refine_poses}"
     return (
         f"{count} objects ({config.dataset} {config.split}), {v.views} {v.sampler} views "
         f"at {v.image_size} px, modality `{v.modality}`{noise}, {config.resolution}³ voxels, "
@@ -256,6 +282,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             depth_noise=args.depth_noise,
             pose_noise_deg=args.pose_noise_deg,
             pose_noise_m=args.pose_noise_mm / 1000.0,
+            hand_eye_deg=args.hand_eye_deg,
+            hand_eye_m=args.hand_eye_mm / 1000.0,
+            pose_input=args.pose_input,
             holdout_views=args.holdout_views,
         ),
         out=Path(args.out),
@@ -266,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         grid_rows=args.grid_rows,
         device=args.device,
         overwrite=args.overwrite,
+        refine_poses=args.refine_poses,
     )
 
 

@@ -39,6 +39,10 @@ class ViewSpec:
     pose_noise_deg: float = 0.0
     pose_noise_m: float = 0.0
     holdout_views: int = 8
+    # A constant camera offset (a hand-eye calibration error), applied to every recorded pose.
+    hand_eye_deg: float = 0.0
+    hand_eye_m: float = 0.0
+    pose_input: str = "tf"  # "none": frames are written without poses
 
     def validate(self) -> None:
         if not MIN_VIEWS <= self.views <= MAX_VIEWS:
@@ -81,6 +85,20 @@ def mean_azimuth_deg(poses: np.ndarray, target: np.ndarray) -> float:
     return math.degrees(math.atan2(mean[1], mean[0]))
 
 
+def hand_eye_offset(rng: np.random.Generator, degrees: float, metres: float) -> np.ndarray:
+    """A camera-frame offset of exactly ``degrees`` about a random axis and ``metres`` along a
+    random direction: what a hand-eye calibration that is off by that much adds to every pose."""
+    from scipy.spatial.transform import Rotation
+
+    axis, direction = rng.normal(size=3), rng.normal(size=3)
+    offset = np.eye(4)
+    offset[:3, :3] = Rotation.from_rotvec(
+        axis / np.linalg.norm(axis) * math.radians(degrees)
+    ).as_matrix()
+    offset[:3, 3] = direction / np.linalg.norm(direction) * metres
+    return offset
+
+
 def render_object(obj: EvalObject, spec: ViewSpec, folder: Path, seed: int = 0) -> RenderedCapture:
     """Write ``obj``'s capture folder (and ``gt_mesh.ply``) and return what scoring needs."""
     spec.validate()
@@ -103,6 +121,8 @@ def render_object(obj: EvalObject, spec: ViewSpec, folder: Path, seed: int = 0) 
     recorded = poses
     if spec.pose_noise_deg > 0 or spec.pose_noise_m > 0:
         recorded = perturb_poses(poses, rng, spec.pose_noise_deg, spec.pose_noise_m)
+    if spec.hand_eye_deg > 0 or spec.hand_eye_m > 0:
+        recorded = recorded @ hand_eye_offset(rng, spec.hand_eye_deg, spec.hand_eye_m)
     session = CaptureSession(folder)
     if len(session):
         raise ValueError(f"{folder} already holds a capture; use a fresh output folder")
@@ -111,7 +131,7 @@ def render_object(obj: EvalObject, spec: ViewSpec, folder: Path, seed: int = 0) 
             Frame(
                 rgb=frame.rgb,
                 intrinsics=frame.intrinsics,
-                camera_to_world=pose,
+                camera_to_world=pose if spec.pose_input == "tf" else None,
                 depth=frame.depth,
                 mask=frame.mask,
                 stamp=frame.stamp,

@@ -1,0 +1,143 @@
+"""Pose estimation and refinement (rvg_ros.core.poses) on rendered objects with known poses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder, reconstruct_frames
+from rvg_ros.core.poses import NO_TEXTURE_MESSAGE, PoseSettings, prepare_poses
+from rvg_ros.core.poses.align import align_cameras, apply_similarity, pose_difference
+from rvg_ros.core.session import TF_POSE_KEY, CaptureSession
+from rvg_ros.core.types import Frame, ReconstructionError
+from rvg_ros.eval.datasets import load_ycb
+from rvg_ros.sim.capture import render_frames
+from rvg_ros.sim.views import default_intrinsics, fit_radius, one_sided, perturb_poses
+
+
+@pytest.fixture(scope="module")
+def box_views() -> tuple[list[Frame], np.ndarray]:
+    """6 one-sided RGB-D views (256 px) of the pseudo-textured YCB cracker box."""
+    obj = load_ycb("003_cracker_box")
+    k = default_intrinsics(256, 256)
+    lo, hi = obj.mesh.bounds
+    radius = fit_radius(float(np.linalg.norm(hi - lo)), k)
+    poses = one_sided(6, radius, np.random.default_rng(3), (lo + hi) / 2, arc_deg=90.0)
+    return render_frames(obj.mesh, poses, k), poses
+
+
+def unposed(frames: list[Frame], keep_depth: bool = True) -> list[Frame]:
+    return [
+        Frame(f.rgb, f.intrinsics, None, f.depth if keep_depth else None, f.mask, f.stamp)
+        for f in frames
+    ]
+
+
+def errors_after_alignment(
+    estimated: list[np.ndarray], truth: list[np.ndarray], with_scale: bool
+) -> np.ndarray:
+    """(n, 2) centre distance (m) and rotation (deg) after the best rigid/similarity fit."""
+    sim = align_cameras(estimated, truth, with_scale)
+    pairs = zip(estimated, truth, strict=True)
+    return np.array([pose_difference(apply_similarity(sim, e), t) for e, t in pairs])
+
+
+def test_unposed_rgbd_folder_recovers_metric_poses(box_views, tmp_path: Path) -> None:
+    frames, truth = box_views
+    session = CaptureSession(tmp_path / "capture")
+    for f in unposed(frames):
+        session.append(f)
+    out = tmp_path / "out"
+    result = reconstruct_folder(session.root, out, ReconstructSettings(resolution=48))
+    assert result.metric_scale
+    assert result.extras["pose_frames_used"] == len(frames)
+    doc = json.loads((out / "poses.json").read_text())
+    assert doc["pose_frame"] == "first camera (frame 0)"
+    estimated = [np.array(f["camera_to_world"]) for f in doc["frames"]]
+    np.testing.assert_allclose(estimated[0], np.eye(4), atol=1e-9)
+    err = errors_after_alignment(estimated, list(truth), with_scale=False)
+    assert np.median(err[:, 0]) < 0.005 and err[:, 0].max() < 0.01
+    assert np.median(err[:, 1]) < 1.0 and err[:, 1].max() < 2.0
+    # The mesh is metric: its size matches the box (in any frame).
+    lo, hi = result.bounding_box()
+    assert abs(np.linalg.norm(hi - lo) - np.linalg.norm(np.ptp(load_box_bounds(), 0))) < 0.03
+    # Written back: estimated poses in transform_matrix, the (absent) TF poses kept alongside,
+    # and reading the session again gives the frames as they came (unposed).
+    written = json.loads((session.root / "transforms.json").read_text())
+    assert all(e[TF_POSE_KEY] is None and "transform_matrix" in e for e in written["frames"])
+    assert written["rvg_ros"]["poses"]["metric_scale"] is True
+    assert all(f.camera_to_world is None for f in CaptureSession(session.root).frames())
+
+
+def load_box_bounds() -> np.ndarray:
+    return load_ycb("003_cracker_box").mesh.bounds
+
+
+def test_sfm_scale_from_depth_and_up_to_scale_without(box_views) -> None:
+    frames, truth = box_views
+    used, report = prepare_poses(unposed(frames), PoseSettings(method="sfm"))
+    assert report.method == "sfm" and report.metric_scale
+    metric = [f.camera_to_world for f in used]
+    distances = [np.linalg.norm(metric[i][:3, 3] - metric[0][:3, 3]) for i in range(1, 6)]
+    true_distances = [np.linalg.norm(truth[i][:3, 3] - truth[0][:3, 3]) for i in range(1, 6)]
+    np.testing.assert_allclose(distances, true_distances, rtol=0.03)
+
+    used, report = prepare_poses(unposed(frames, keep_depth=False), PoseSettings())
+    assert report.method == "sfm" and not report.metric_scale
+    assert len(used) == len(frames)
+    err = errors_after_alignment([f.camera_to_world for f in used], list(truth), True)
+    assert np.median(err[:, 0]) < 0.01 and np.median(err[:, 1]) < 1.0
+
+
+def test_mixed_posed_and_unposed_land_in_the_posed_frame(box_views) -> None:
+    frames, truth = box_views
+    mixed = [
+        Frame(f.rgb, f.intrinsics, truth[i] if i < 3 else None, None, f.mask, f.stamp)
+        for i, f in enumerate(frames)
+    ]
+    used, report = prepare_poses(mixed, PoseSettings())
+    assert report.frame == "world" and report.metric_scale
+    assert [f.status for f in report.frames] == ["given"] * 3 + ["estimated"] * 3
+    for i in range(3, 6):  # no alignment: already in the world frame
+        metres, degrees = pose_difference(used[i].camera_to_world, truth[i])
+        assert metres < 0.01 and degrees < 2.0
+
+
+def test_refinement_corrects_an_offset_and_rejects_an_outrageous_one(box_views) -> None:
+    frames, truth = box_views
+    given = perturb_poses(truth, np.random.default_rng(0), 0.0, 0.0)
+    given[2] = perturb_poses(truth[2:3], np.random.default_rng(1), 2.0, 0.01)[0]
+    given[4][:3, 3] += [0.2, 0.0, 0.0]  # 20 cm off: far beyond the 5 cm bound
+    posed = [
+        Frame(f.rgb, f.intrinsics, given[i], f.depth, f.mask, f.stamp) for i, f in enumerate(frames)
+    ]
+    before = pose_difference(given[2], truth[2])
+    used, report = prepare_poses(posed, PoseSettings())
+    assert report.method == "refined"
+    assert report.frames[4].status == "dropped"
+    assert "agrees with no other frame" in report.frames[4].reason
+    assert [f.status for i, f in enumerate(report.frames) if i != 4] == ["refined"] * 5
+    refined = report.frames[2].pose
+    after = pose_difference(refined, truth[2])
+    assert after[0] < 0.3 * before[0] and after[1] < 0.3 * before[1]
+    assert report.frames[2].correction_m > 0.5 * before[0]
+    assert len(used) == 5
+    # Off: the given poses are used as they are.
+    _, plain = prepare_poses(posed, PoseSettings(refine="off"))
+    assert plain.method == "given"
+    assert all(f.status == "given" for f in plain.frames)
+
+
+def test_textureless_object_without_depth_fails_with_the_documented_message(
+    sphere_views,
+) -> None:
+    frames, _, _ = sphere_views
+    rgb_only = [Frame(f.rgb, f.intrinsics, None, None, f.mask, f.stamp) for f in frames]
+    with pytest.raises(ReconstructionError) as info:
+        reconstruct_frames(rgb_only, ReconstructSettings(backend="hull", resolution=32))
+    expected_start = NO_TEXTURE_MESSAGE.split("{")[0]
+    assert str(info.value).startswith(expected_start)
+    assert "give camera poses (TF) or use an RGB-D camera" in str(info.value)
