@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rvg_ros.ros.demo import DemoClient, start_process, stop_process
+from rvg_ros.ros.demo import DemoClient, DemoError, start_process, stop_process
 from rvg_ros.ros.environment import PACKAGE_ROOT, isolated_ros_env
 
 PARAMS = str(PACKAGE_ROOT / "config" / "reconstruct.yaml")
@@ -84,7 +84,15 @@ class Rig:
         """Capture, retrying rejections (camera not there yet, blur); the last answer."""
         deadline = time.monotonic() + timeout
         while True:
-            response = self.client.capture_frame(note)
+            request = self.client.capture.srv_type.Request(note=note)
+            try:
+                # Short per-call timeout: after a restart, discovery still lists the killed
+                # node's server for a while, and a request sent to it is never answered.
+                response = self.client.call(self.client.capture, request, timeout=5.0)
+            except DemoError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
             if response.accepted or time.monotonic() > deadline:
                 return response
             time.sleep(0.1)
