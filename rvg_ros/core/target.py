@@ -198,7 +198,7 @@ def make_capture_set(
                 note=f.note,
             )
         prepared.append(f)
-    return CaptureSet(frames=prepared, target=target, seed=seed)
+    return CaptureSet(frames=prepared, target=target, seed=seed, support_plane=plane)
 
 
 def visible_in(frame: Frame, points: np.ndarray) -> np.ndarray:

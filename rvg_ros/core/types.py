@@ -133,6 +133,9 @@ class CaptureSet:
     frames: list[Frame]
     target: TargetCube
     seed: int = 0
+    # The surface the object stands on, (a, b, c, d) with a unit normal pointing towards the
+    # cameras (a x + b y + c z + d > 0 above it), when target finding found one (depth only).
+    support_plane: np.ndarray | None = None
 
     @property
     def has_depth(self) -> bool:

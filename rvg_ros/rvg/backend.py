@@ -1,15 +1,18 @@
 """``rvg``: reconstruction via generation (part 1: prior -> GGC -> sparse-structure flow).
 
-Stages, each timed and reported: prior (cube, evidence grid, view inputs), condition (multi-view
+Stages, each timed and reported: symmetry (RGB-D: the object's own symmetry, searched as
+``fusion+mirror`` does, turned into virtual views that join the reconstruction prior), prior
+(cube, evidence grid, view inputs), condition (multi-view
 encoder + Condition Net = GGC), sampling (rectified-flow Euler steps with CFG), decode (fine
 surface from measurements + generated occupancy), colour (+ confidence), sample (point cloud).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rvg_ros.core.backends.base import (
@@ -19,17 +22,31 @@ from rvg_ros.core.backends.base import (
     no_progress,
     peak_rss_mb,
 )
+from rvg_ros.core.backends.fusion import FusionBackend
+from rvg_ros.core.backends.symmetry import Symmetry, find_symmetry, symmetric_views
 from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import finish_mesh, sample_cloud
-from rvg_ros.core.types import CaptureSet, Reconstruction, ReconstructionError
+from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError
 from rvg_ros.rvg.decode import decode_surface
 from rvg_ros.rvg.flow import sample_flow
 from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
-from rvg_ros.rvg.prior import completion_cube, evidence_grid, view_inputs
+from rvg_ros.rvg.prior import (
+    UNKNOWN,
+    completion_cube,
+    evidence_grid,
+    hidden_everywhere,
+    support_plane,
+    view_inputs,
+)
 from rvg_ros.rvg.train import enforce_evidence, velocity_fn
 
+# Views the encoder takes (the training range is 2-8), and symmetry transforms turned into
+# virtual views (an axis of revolution has 7; the three furthest turns cover the back).
+MAX_ENCODED_VIEWS = 8
+MAX_SYMMETRY_TRANSFORMS = 3
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 _STAGES = {
+    "symmetry": 2.5,
     "prior": 0.5,
     "condition": 0.3,
     "sampling": 3.0,
@@ -45,6 +62,12 @@ class RVGSettings:
     cfg_scale: float = 7.5  # paper: CFG 7.5
     use_condition: bool = True  # False = evidence only (the "no GGC" ablation)
     enforce_evidence: bool = True
+    # Symmetric views in the prior (RGB-D with masks only: without depth a wrong symmetry
+    # cannot be told from a right one). The generator then fills only what neither the
+    # cameras nor the symmetry explain.
+    symmetry: bool = True
+    # Nothing below the support the object rests on (see prior.support_plane).
+    support: bool = True
 
 
 _MODEL_CACHE: dict[tuple[str, str], RVGModel] = {}
@@ -70,6 +93,8 @@ class RVGBackend:
             cfg_scale=float(extra.get("cfg_scale", RVGSettings.cfg_scale)),
             use_condition=bool(extra.get("use_condition", True)),
             enforce_evidence=bool(extra.get("enforce_evidence", True)),
+            symmetry=_flag(extra.get("symmetry", RVGSettings.symmetry)),
+            support=_flag(extra.get("support", RVGSettings.support)),
         )
 
     def reconstruct(
@@ -83,10 +108,27 @@ class RVGBackend:
         timer = StageTimer(progress, _STAGES)
         s = self.settings
         res = model.config.resolution
+        symmetry: Symmetry | None = None
+        virtual: list[Frame] = []
+        with timer.stage("symmetry"):
+            if s.symmetry and use_depth and capture.has_masks:
+                symmetry, virtual = self._symmetric_views(capture)
         with timer.stage("prior"):
-            cube = completion_cube(capture)
-            evidence = evidence_grid(capture, cube, res, use_depth)
-            views = view_inputs(capture, cube, use_depth, model.config.view_size)
+            hinted = CaptureSet(capture.frames + virtual, capture.target, capture.seed)
+            cube = completion_cube(hinted)
+            support = support_plane(capture) if s.support else None
+            evidence = evidence_grid(capture, cube, res, use_depth, support)
+            if virtual:
+                # The cameras' own evidence wins; the symmetry speaks only where they know nothing.
+                hint = evidence_grid(
+                    CaptureSet(virtual, capture.target), cube, res, use_depth, support
+                )
+                evidence = np.where(evidence == UNKNOWN, hint, evidence)
+            # The encoder saw 2-8 views in training: real views first, then virtual ones.
+            encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
+            views = view_inputs(
+                CaptureSet(encoded, capture.target), cube, use_depth, model.config.view_size
+            )
         if device == "cpu":
             # One intra-op thread by default: the model is small, and on a shared CPU (a robot
             # runs drivers and planners beside us) OpenMP threads waiting for a descheduled
@@ -117,6 +159,11 @@ class RVGBackend:
                 occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
                 if s.enforce_evidence:
                     occupancy = enforce_evidence(occupancy, ev)
+                if virtual:
+                    inside = hidden_everywhere(capture.frames, virtual, cube, res)
+                    occupancy = torch.where(
+                        torch.from_numpy(inside)[None].to(device), 1.0, occupancy
+                    )
                 occupancy = occupancy[0].float().cpu().numpy()
         with timer.stage("decode"):
             vertices, triangles, voxel = decode_surface(
@@ -126,6 +173,8 @@ class RVGBackend:
                 self.options.resolution,
                 use_depth,
                 self.options.device,
+                hint_frames=virtual,
+                support_plane=support,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -150,5 +199,30 @@ class RVGBackend:
                 "use_condition": s.use_condition,
                 "device": device,
                 "cube_side": cube.side,
+                "symmetry": symmetry.kind if symmetry is not None else "none",
+                "symmetric_views": len(virtual),
+                "support_plane": " ".join(f"{v:.5f}" for v in support)
+                if support is not None
+                else "none",
             },
         )
+
+    def _symmetric_views(self, capture: CaptureSet) -> tuple[Symmetry | None, list[Frame]]:
+        """The best symmetry consistent with the views (as ``fusion+mirror`` finds it) and the
+        virtual views it implies; (None, []) when no symmetry is consistent."""
+        fused = FusionBackend(replace(self.options, extra={})).reconstruct(capture, no_progress)
+        if fused.mesh.is_empty:
+            return None, []
+        points = fused.mesh.vertices[np.lexsort(fused.mesh.vertices.T[::-1])]
+        voxel = capture.target.side / self.options.resolution
+        symmetry, _ = find_symmetry(points, capture.frames, capture.target, voxel, capture.seed)
+        if symmetry is None:
+            return None, []
+        return symmetry, symmetric_views(capture.frames, symmetry, MAX_SYMMETRY_TRANSFORMS)
+
+
+def _flag(value: object) -> bool:
+    """A boolean backend option given as a bool or as text (``rvg@symmetry=false``)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)

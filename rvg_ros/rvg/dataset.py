@@ -17,7 +17,13 @@ import numpy as np
 
 from rvg_ros.core.target import make_capture_set
 from rvg_ros.core.types import Frame, ReconstructionError, TargetCube
-from rvg_ros.rvg.prior import completion_cube, evidence_grid, view_inputs, voxel_centres
+from rvg_ros.rvg.prior import (
+    completion_cube,
+    evidence_grid,
+    support_plane,
+    view_inputs,
+    voxel_centres,
+)
 from rvg_ros.sim.capture import DepthNoise, render_frames
 from rvg_ros.sim.objects import SimObject, make_object
 from rvg_ros.sim.views import default_intrinsics, fit_radius, sample_views
@@ -88,7 +94,10 @@ def make_sample(seed: int, config: DataConfig) -> dict[str, np.ndarray]:
         capture = make_capture_set(frames if use_depth else _without_depth(frames), min_views=1)
         cube = completion_cube(capture)
         out[f"{modality}_cube"] = np.array([*cube.center, cube.side], dtype=np.float64)
-        out[f"{modality}_evidence"] = evidence_grid(capture, cube, config.resolution, use_depth)
+        support = support_plane(capture) if use_depth else None
+        out[f"{modality}_evidence"] = evidence_grid(
+            capture, cube, config.resolution, use_depth, support
+        )
         out[f"{modality}_occupancy"] = occupancy_grid(
             obj, cube, config.resolution, config.supersample
         )

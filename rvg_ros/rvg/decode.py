@@ -1,8 +1,9 @@
 """Decode: coarse generated occupancy + observations -> a fine metric surface.
 
 Where a camera measured the surface, the surface is the measurement (the fused TSDF band);
-where nothing was measured, it is the generated occupancy. One field, one marching cubes,
-so the result is a single closed surface whose seen part is as accurate as fusion.
+where only a symmetric (virtual) view measured it, the symmetric measurement; where nothing
+was measured, the generated occupancy. One field, one marching cubes, so the result is a single
+closed surface whose seen part is as accurate as fusion.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ def decode_surface(
     resolution: int,
     use_depth: bool,
     device: str = "cpu",
+    hint_frames: list[Frame] | None = None,
+    support_plane: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """World vertices, triangles and the voxel size of the fine surface."""
+    """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
+    (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
+    nothing is generated below ``support_plane`` (a, b, c, d; positive above)."""
     voxel = cube.side / resolution
     origin, size = lattice(cube, voxel)
     points = lattice_points(origin, size, voxel)
@@ -77,7 +82,22 @@ def decode_surface(
         # coarse voxel, i.e. the distance changes by that much.
         coarse_voxel = cube.side / occupancy.shape[0]
         generated_sdf = (0.5 - generated) * coarse_voxel / (TRUNCATION_VOXELS * voxel)
-        sdf = np.where(weight > 0, tsdf, np.clip(generated_sdf, -1.0, 1.0))
+        sdf = np.clip(generated_sdf, -1.0, 1.0)
+        if hint_frames:
+            hint_tsdf, hint_weight = dense_tsdf(hint_frames, origin, size, voxel, device)
+            sdf = np.where(hint_weight > 0, hint_tsdf, sdf)
+        # What the real views saw as free (outside a silhouette, or in front of the measured
+        # surface beyond the TSDF band) at the fine resolution: the coarse occupancy would
+        # otherwise bulge up to a coarse voxel past the silhouettes' edges.
+        consistent = carve(frames, points, TRUNCATION_VOXELS * voxel, lambda fraction: None)
+        smooth = gaussian_filter(consistent.reshape((size,) * 3).astype(np.float32), 0.7)
+        sdf = np.maximum(sdf, np.clip(1.0 - 2.0 * smooth, -1.0, 1.0))
+        sdf = np.where(weight > 0, tsdf, sdf)
+        if support_plane is not None:
+            # Intersect with the half-space above the support: a flat bottom where it rests.
+            height = points @ support_plane[:3] + support_plane[3]
+            below = -height.reshape((size,) * 3) / (TRUNCATION_VOXELS * voxel)
+            sdf = np.maximum(sdf, np.clip(below, -1.0, 1.0))
         inside, level = -sdf, 0.0
     else:
         silhouettes = carve(frames, points, None, lambda fraction: None).reshape((size,) * 3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.ndimage import binary_erosion
 
 from rvg_ros.core.geometry import backproject_depth, lookup_pixels, project
 from rvg_ros.core.types import CaptureSet, Frame, TargetCube
@@ -29,6 +30,7 @@ UNKNOWN, FREE, SURFACE = 0, 1, 2
 CUBE_SIDE_FACTOR = 1.4
 CUBE_BACK_SHIFT = 0.12
 VIEW_SIZE = 64
+INSIDE_EROSION_VOXELS = 1
 VIEW_CHANNELS = 12  # rgb 3, mask 1, depth 1, depth-valid 1, Plücker 6
 
 
@@ -53,6 +55,27 @@ def completion_cube(capture: CaptureSet) -> TargetCube:
     return TargetCube(center=centre, side=extent * CUBE_SIDE_FACTOR)
 
 
+def support_plane(capture: CaptureSet) -> np.ndarray | None:
+    """The plane the object rests on, (a, b, c, d) with a x + b y + c z + d > 0 above it.
+
+    The support found with the target when the scene shows it; otherwise, with depth and every
+    camera looking from above, the horizontal plane through the lowest measured point (the
+    world's z is up, as in ``completion_cube``): the unseen underside of an object standing on
+    something does not reach below what the side views saw. None without depth.
+    """
+    if capture.support_plane is not None:
+        return np.asarray(capture.support_plane, dtype=np.float64)
+    if not capture.has_depth:
+        return None
+    points = np.concatenate([backproject_depth(f) for f in capture.frames])
+    if len(points) < 20:
+        return None
+    lowest = float(np.percentile(points[:, 2], 0.2))
+    if min(f.camera_to_world[2, 3] for f in capture.frames) <= lowest:
+        return None  # a camera at or below the object: it would have seen the underside
+    return np.array([0.0, 0.0, 1.0, -lowest])
+
+
 def voxel_centres(cube: TargetCube, resolution: int) -> np.ndarray:
     """World coordinates of voxel centres, (res^3, 3), C order over (x, y, z)."""
     axis = (np.arange(resolution) + 0.5) / resolution - 0.5
@@ -70,13 +93,17 @@ def _silhouette(frame: Frame) -> np.ndarray:
 
 
 def evidence_grid(
-    capture: CaptureSet, cube: TargetCube, resolution: int, use_depth: bool
+    capture: CaptureSet,
+    cube: TargetCube,
+    resolution: int,
+    use_depth: bool,
+    support: np.ndarray | None = None,
 ) -> np.ndarray:
     """(res, res, res) uint8 of UNKNOWN / FREE / SURFACE.
 
     FREE: some view saw through the voxel (outside the silhouette, or in front of the measured
-    depth). SURFACE: a measured depth point falls in the voxel (depth only); it overrides FREE
-    because a measurement beats a ray passing near it.
+    depth), or it lies below the ``support`` plane. SURFACE: a measured depth point falls in
+    the voxel (depth only); it overrides FREE because a measurement beats a ray passing near it.
     """
     centres = voxel_centres(cube, resolution)
     voxel = cube.side / resolution
@@ -94,10 +121,46 @@ def evidence_grid(
             inside = np.all((index >= 0) & (index < resolution), axis=1)
             flat = np.ravel_multi_index(index[inside].T, (resolution,) * 3)
             surface[flat] = True
+    if support is not None:
+        free |= centres @ support[:3] + support[3] < -0.5 * voxel
     grid = np.full(len(centres), UNKNOWN, dtype=np.uint8)
     grid[free] = FREE
     grid[surface] = SURFACE
     return grid.reshape((resolution,) * 3)
+
+
+def hidden_everywhere(
+    real: list[Frame], virtual: list[Frame], cube: TargetCube, resolution: int
+) -> np.ndarray:
+    """(res, res, res) bool: voxels behind the measured surface in every view that sees them,
+    real and virtual, and in at least one of each -- the inside of an object seen all round.
+
+    With symmetric views the evidence grid encloses an unknown pocket (the object's inside),
+    which the generator never met in training and may leave empty. Behind every depth map,
+    including the views from the far side, can only be inside.
+    """
+    centres = voxel_centres(cube, resolution)
+    margin = cube.side / resolution
+    hidden = np.ones(len(centres), dtype=bool)
+    behind_real = np.zeros(len(centres), dtype=bool)
+    behind_virtual = np.zeros(len(centres), dtype=bool)
+    for frames, behind_any in ((real, behind_real), (virtual, behind_virtual)):
+        for frame in frames:
+            if frame.depth is None:
+                continue
+            uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
+            depth, seen = lookup_pixels(frame.depth, uv, z > 0)
+            on_object, _ = lookup_pixels(_silhouette(frame), uv, seen)
+            measured = seen & on_object & (depth > 0)
+            behind = measured & (z > depth + margin)
+            # Seen past the silhouette, or in front of the depth: not hidden. Inside the
+            # silhouette without a depth reading: this view cannot tell.
+            hidden &= behind | (seen & on_object & (depth <= 0)) | ~seen
+            behind_any |= behind
+    inside = (hidden & behind_real & behind_virtual).reshape((resolution,) * 3)
+    # Only the deep inside: next to the surface, "behind every view" also holds in the seams
+    # that no view (real or virtual) saw, and there the generator knows better.
+    return binary_erosion(inside, iterations=INSIDE_EROSION_VOXELS)
 
 
 def plucker_rays(frame: Frame, cube: TargetCube, size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ anchored to evidence.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.ndimage import binary_dilation, minimum_filter
@@ -274,3 +274,52 @@ def find_symmetry(
     most = max(s.unknown for s in accepted)
     informative = [s for s in accepted if s.unknown >= INFORMATIVE_SHARE * most]
     return max(informative, key=lambda s: s.agree), refined
+
+
+def symmetric_views(
+    frames: list[Frame], symmetry: Symmetry, max_transforms: int | None = None
+) -> list[Frame]:
+    """Virtual views: what each real camera would have seen of the object moved by each
+    transform of ``symmetry`` -- equivalently, the real image taken from the moved camera.
+
+    A proper rotation ``T`` moves the camera to ``T @ pose`` and keeps the image. A reflection
+    would make that camera left-handed, so its x axis is flipped back (``T @ pose @ diag(-1, 1,
+    1, 1)``), which mirrors the image left-right and puts the principal point at
+    ``width - 1 - cx``. ``max_transforms`` keeps that many transforms, the ones turning the
+    object furthest first (an axis of revolution has many; the half turn shows the most).
+    Frames with lens distortion are skipped: mirroring would change the distortion model.
+    """
+    transforms = symmetry.transforms()
+    if max_transforms is not None and len(transforms) > max_transforms:
+        # Rotation angle from the trace; reflections (one transform) never get here.
+        cosine = [(np.trace(t[:3, :3]) - 1.0) / 2.0 for t in transforms]
+        order = np.argsort(cosine, kind="stable")  # smallest cosine = largest angle
+        transforms = [transforms[i] for i in order[:max_transforms]]
+    flip_x = np.diag([-1.0, 1.0, 1.0, 1.0])
+    out: list[Frame] = []
+    for t in transforms:
+        mirror = np.linalg.det(t[:3, :3]) < 0.0
+        for frame in frames:
+            if frame.camera_to_world is None or any(frame.intrinsics.distortion):
+                continue
+            pose = t @ frame.camera_to_world
+            if not mirror:
+                out.append(replace(frame, camera_to_world=pose, note="symmetric view"))
+                continue
+            k = frame.intrinsics
+            out.append(
+                replace(
+                    frame,
+                    rgb=_flip_columns(frame.rgb),
+                    depth=None if frame.depth is None else _flip_columns(frame.depth),
+                    mask=None if frame.mask is None else _flip_columns(frame.mask),
+                    intrinsics=replace(k, cx=k.width - 1.0 - k.cx),
+                    camera_to_world=pose @ flip_x,
+                    note="symmetric view (mirrored)",
+                )
+            )
+    return out
+
+
+def _flip_columns(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
