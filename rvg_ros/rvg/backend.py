@@ -68,6 +68,7 @@ class RVGSettings:
     symmetry: bool = True
     # Nothing below the support the object rests on (see prior.support_plane).
     support: bool = True
+    sample_seed: int | None = None  # None: the capture's seed
 
 
 _MODEL_CACHE: dict[tuple[str, str], RVGModel] = {}
@@ -95,6 +96,7 @@ class RVGBackend:
             enforce_evidence=bool(extra.get("enforce_evidence", True)),
             symmetry=_flag(extra.get("symmetry", RVGSettings.symmetry)),
             support=_flag(extra.get("support", RVGSettings.support)),
+            sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
         )
 
     def reconstruct(
@@ -107,6 +109,8 @@ class RVGBackend:
             raise ReconstructionError("rvg needs depth or object masks in every view")
         timer = StageTimer(progress, _STAGES)
         s = self.settings
+        if s.sample_seed is None:
+            s = replace(s, sample_seed=capture.seed)
         res = model.config.resolution
         symmetry: Symmetry | None = None
         virtual: list[Frame] = []
@@ -146,7 +150,8 @@ class RVGBackend:
                 if not s.use_condition:
                     condition = model.null_condition.expand(1, -1, -1)
             with timer.stage("sampling") as sub:
-                generator = torch.Generator().manual_seed(capture.seed)
+                # ``sample_seed`` varies the generation alone (same views): seed variance.
+                generator = torch.Generator().manual_seed(s.sample_seed)
                 x0 = sample_flow(
                     velocity_fn(model, onehot, condition),
                     (1, 1, res, res, res),
@@ -170,7 +175,9 @@ class RVGBackend:
                 occupancy,
                 cube,
                 capture.frames,
-                self.options.resolution,
+                # The target's voxel size, as fusion uses: the completion cube is larger, and a
+                # coarser TSDF would cost the seen surface accuracy (0.34 vs 0.23 mm on YCB).
+                round(self.options.resolution * cube.side / capture.target.side),
                 use_depth,
                 self.options.device,
                 hint_frames=virtual,
