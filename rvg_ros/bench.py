@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,10 +39,14 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}"
 
 
-def render_bench_capture(out: Path, views: int, size: int, seed: int) -> Path:
+def render_bench_capture(
+    out: Path, views: int, size: int, seed: int, unposed: bool = False, depth: bool = True
+) -> Path:
     import numpy as np
 
-    from rvg_ros.sim.capture import render_capture
+    from rvg_ros.core.session import CaptureSession
+    from rvg_ros.core.types import Frame
+    from rvg_ros.sim.capture import GT_MESH_NAME, render_frames, write_gt_mesh
     from rvg_ros.sim.objects import demo_object
     from rvg_ros.sim.views import default_intrinsics, fit_radius, one_sided
 
@@ -49,7 +54,16 @@ def render_bench_capture(out: Path, views: int, size: int, seed: int) -> Path:
     intrinsics = default_intrinsics(size, size)
     radius = fit_radius(np.linalg.norm(obj.bounds[1] - obj.bounds[0]), intrinsics)
     poses = one_sided(views, radius, np.random.default_rng(seed), obj.bounds.mean(axis=0))
-    return render_capture(obj.mesh, poses, intrinsics, out, seed=seed)
+    session = CaptureSession(out)
+    if len(session):  # a capture from an earlier run: start afresh
+        shutil.rmtree(out)
+        session = CaptureSession(out)
+    for f in render_frames(obj.mesh, poses, intrinsics, depth=depth, seed=seed):
+        # Unposed: the pose stage estimates every camera (the "poses" stage in the table).
+        pose = None if unposed else f.camera_to_world
+        session.append(Frame(f.rgb, f.intrinsics, pose, f.depth, f.mask, f.stamp, f.note))
+    write_gt_mesh(obj.mesh, out / GT_MESH_NAME)
+    return out
 
 
 def run_once(capture: Path, out: Path, backend: str, device: str, extra: list[str]) -> dict:
@@ -90,12 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--unposed", action="store_true", help="frames without poses: time pose estimation"
+    )
+    parser.add_argument("--rgb", action="store_true", help="colour + masks only, no depth")
     parser.add_argument("extra", nargs="*", help="extra arguments for rvg-ros reconstruct")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = []
     for views in [int(v) for v in args.views.split(",")]:
-        capture = render_bench_capture(out / f"capture_{views}", views, args.size, args.seed)
+        capture = render_bench_capture(
+            out / f"capture_{views}", views, args.size, args.seed, args.unposed, not args.rgb
+        )
         for backend in args.backends.split(","):
             runs = [
                 run_once(capture, out / f"{backend}_{views}", backend, args.device, args.extra)
@@ -120,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines = [
         f"Machine: {machine_description()}; images {args.size}x{args.size}, "
-        f"median of {args.repeats} runs, device {args.device}.",
+        f"median of {args.repeats} runs, device {args.device}"
+        f"{', unposed (poses estimated)' if args.unposed else ''}"
+        f"{', RGB + masks' if args.rgb else ', RGB-D'}.",
         "",
         "| backend | views | reconstruct s (median) | process s (with start-up) | peak RSS MB "
         "| stages (s) |",

@@ -115,7 +115,7 @@ def test_refinement_corrects_an_offset_and_rejects_an_outrageous_one(box_views) 
         Frame(f.rgb, f.intrinsics, given[i], f.depth, f.mask, f.stamp) for i, f in enumerate(frames)
     ]
     before = pose_difference(given[2], truth[2])
-    used, report = prepare_poses(posed, PoseSettings())
+    used, report = prepare_poses(posed, PoseSettings(refine="auto"))  # RGB-D: on
     assert report.method == "refined"
     assert report.frames[4].status == "dropped"
     assert "agrees with no other frame" in report.frames[4].reason
@@ -125,8 +125,8 @@ def test_refinement_corrects_an_offset_and_rejects_an_outrageous_one(box_views) 
     assert after[0] < 0.3 * before[0] and after[1] < 0.3 * before[1]
     assert report.frames[2].correction_m > 0.5 * before[0]
     assert len(used) == 5
-    # Off: the given poses are used as they are.
-    _, plain = prepare_poses(posed, PoseSettings(refine="off"))
+    # Off (the default): the given poses are used as they are.
+    _, plain = prepare_poses(posed, PoseSettings())
     assert plain.method == "given"
     assert all(f.status == "given" for f in plain.frames)
 

@@ -28,6 +28,7 @@ def _progress_bar(enabled: bool):  # noqa: ANN202 - returns a ProgressFn
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
+    from rvg_ros.core.poses import PoseSettings
 
     settings = ReconstructSettings(
         backend=args.backend,
@@ -37,6 +38,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         weights_dir=args.weights_dir,
         backend_options={"steps": args.steps, "cfg_scale": args.cfg_scale},
+        poses=PoseSettings(refine=args.refine_poses),
     )
     progress, close = _progress_bar(sys.stderr.isatty())
     try:
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--weights-dir", default=None, help="rvg weights (default: shipped)")
     rec.add_argument("--steps", type=int, default=30, help="rvg: flow sampling steps")
     rec.add_argument("--cfg-scale", type=float, default=7.5, help="rvg: classifier-free guidance")
+    rec.add_argument(
+        "--refine-poses",
+        choices=("off", "on", "auto"),
+        default="off",
+        help="refine given poses on the depth (auto: when every frame has depth)",
+    )
     rec.set_defaults(func=_cmd_reconstruct)
 
     node = sub.add_parser("node", help="run the ROS 2 node (what the launch file runs)")

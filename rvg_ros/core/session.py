@@ -336,14 +336,15 @@ class CaptureSession:
         """Write estimated/refined poses back (``rvg_ros.core.poses.PoseReport``, one entry per
         frame in order): ``transform_matrix`` becomes the pose used (removed for a dropped
         frame), the original goes under ``rvg_ros_tf_transform_matrix`` (null when unposed),
-        and ``rvg_ros_pose`` says what was done and why. One atomic rewrite."""
+        and ``rvg_ros_pose`` says what was done and why. One atomic rewrite; frames appended
+        since the report's frames were read are left as they are."""
         with self._lock:
-            if len(report.frames) != len(self._doc["frames"]):
-                raise SessionError(
-                    f"pose report has {len(report.frames)} frames, session {len(self)}"
-                )
+            # Frames appended after the reconstruction started are kept as they are.
+            done = len(report.frames)
+            if done > len(self._doc["frames"]):
+                raise SessionError(f"pose report has {done} frames, session {len(self)}")
             entries = []
-            for entry, pose in zip(self._doc["frames"], report.frames, strict=True):
+            for entry, pose in zip(self._doc["frames"][:done], report.frames, strict=True):
                 entry = dict(entry)
                 if TF_POSE_KEY not in entry:
                     entry[TF_POSE_KEY] = entry.get("transform_matrix")
@@ -353,7 +354,7 @@ class CaptureSession:
                 entry[POSE_STATUS_KEY] = pose.to_json()
                 entries.append(entry)
             doc = dict(self._doc)
-            doc["frames"] = entries
+            doc["frames"] = entries + self._doc["frames"][done:]
             doc["rvg_ros"] = {
                 **doc.get("rvg_ros", {}),
                 "poses": {

@@ -57,8 +57,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--refine-poses",
         choices=REFINE_CHOICES,
         default="off",
-        help="refinement of given poses against the depth (default off here, so that runs "
-        "stay comparable with the baseline tables; the node and rvg-ros reconstruct use auto)",
+        help="refinement of given poses against the depth (default off, as in the node)",
     )
     parser.add_argument("--holdout-views", type=int, default=8, help="views for image metrics")
     parser.add_argument("--points", type=int, default=100_000, help="surface samples per shape")

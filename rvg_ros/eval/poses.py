@@ -38,8 +38,8 @@ def pose_scores(
     """Registration share and median/max pose errors (after alignment where the frame is not
     the world's), and the result in the ground-truth frame."""
     report = result.extras.get("pose_report")
-    if not isinstance(report, PoseReport):
-        return {}, result
+    if not isinstance(report, PoseReport) or report.method == "given":
+        return {}, result  # poses used as given: nothing to score (and no extra columns)
     used = [i for i, f in enumerate(report.frames) if f.pose is not None and f.status != "dropped"]
     row: dict[str, object] = {
         "pose_method": report.method,

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 IDENTITY = ("object", "source", "family", "backend", "status", "error")
+# Text columns besides the identity ones (read back as strings).
+TEXT_COLUMNS = (*IDENTITY, "pose_method")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def read_csv(path: Path) -> list[dict[str, object]]:
         for raw in csv.DictReader(handle):
             row: dict[str, object] = {}
             for key, value in raw.items():
-                if key in IDENTITY:
+                if key in TEXT_COLUMNS:
                     row[key] = value
                 else:
                     row[key] = float(value) if value not in ("", None) else math.nan

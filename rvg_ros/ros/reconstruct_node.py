@@ -47,6 +47,7 @@ from rvg_ros.core.limits import (
     sanitize_text,
 )
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
+from rvg_ros.core.poses import REFINE_CHOICES, PoseReport, PoseSettings
 from rvg_ros.core.rejections import RejectionCounts
 from rvg_ros.core.session import CaptureSession, SessionError
 from rvg_ros.core.types import Cancelled, Frame, Reconstruction
@@ -79,7 +80,20 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
     ("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour image."),
     ("mask_topic", "", "Optional object mask (mono8, non-zero = object); empty = none."),
     ("target_frame", "world", "Frame the poses, the result and its messages are expressed in."),
-    ("pose_source", "tf", "'tf': camera pose from TF at the image stamp; 'none': unposed."),
+    (
+        "pose_source",
+        "tf",
+        "'tf': camera pose from TF at the image stamp; 'none': unposed, poses are estimated "
+        "(SfM, and depth registration with depth; metric only with depth).",
+    ),
+    (
+        "refine_poses",
+        "off",
+        "off | on | auto: refine the TF poses against each other on the depth (auto = on when "
+        "every frame has depth); frames needing more than the maximum correction are dropped.",
+    ),
+    ("max_pose_correction_m", 0.05, "Largest camera shift (m) pose refinement may apply."),
+    ("max_pose_correction_deg", 10.0, "Largest camera rotation (deg) pose refinement may apply."),
     ("tf_timeout", 0.3, "Seconds to wait for the camera's transform at the image stamp."),
     ("sync_slop", 0.02, "Max stamp difference (s) between colour, depth, info and mask."),
     (
@@ -257,6 +271,10 @@ class ReconstructNode(Node):
         problems = []
         if self.p("pose_source") not in ("tf", "none"):
             problems.append(f"pose_source must be 'tf' or 'none', got {self.p('pose_source')!r}")
+        if self.p("refine_poses") not in REFINE_CHOICES:
+            problems.append(
+                f"refine_poses must be one of {REFINE_CHOICES}, got {self.p('refine_poses')!r}"
+            )
         if self.p("capture_mode") not in ("manual", "auto"):
             problems.append(
                 f"capture_mode must be 'manual' or 'auto', got {self.p('capture_mode')!r}"
@@ -617,6 +635,11 @@ class ReconstructNode(Node):
             roi=self._roi(),
             frame_id=self.p("target_frame"),
             cpu_fallback=bool(self.p("cpu_fallback")),
+            poses=PoseSettings(
+                refine=self.p("refine_poses"),
+                max_correction_m=float(self.p("max_pose_correction_m")),
+                max_correction_deg=float(self.p("max_pose_correction_deg")),
+            ),
             backend_options={
                 "steps": int(self.p("rvg_steps")),
                 "cfg_scale": float(self.p("rvg_cfg_scale")),
@@ -652,6 +675,7 @@ class ReconstructNode(Node):
             progress("load", 0.0)
             frames = session.frames()
             result, capture = reconstruct_frames(frames, settings, progress)
+            self._record_poses(session, frames, result)
             if "device_fallback" in result.extras:
                 self.get_logger().warning(f"GPU: {result.extras['device_fallback']}")
             out_root = Path(self.p("output_dir") or session.root / "reconstructions").expanduser()
@@ -748,6 +772,36 @@ class ReconstructNode(Node):
             self.preview_pub.publish(
                 rgb_to_image(render_preview(result.mesh, list(frames)), "rgb8", header)
             )
+
+    def _record_poses(
+        self, session: CaptureSession, frames: Sequence[Frame], result: Reconstruction
+    ) -> None:
+        """Estimated/refined poses: logged per frame (corrections, dropped frames and why),
+        written back to the session's transforms.json, shown as the frusta."""
+        report = result.extras.get("pose_report")
+        if not isinstance(report, PoseReport) or report.method == "given":
+            return
+        for index, frame in enumerate(report.frames):
+            if frame.status == "dropped":
+                self.get_logger().warning(f"frame {index} dropped: {frame.reason}")
+            elif frame.correction_m is not None:
+                self.get_logger().info(
+                    f"frame {index} pose corrected by {frame.correction_m * 1000:.1f} mm / "
+                    f"{frame.correction_deg:.2f} deg"
+                )
+        self.get_logger().info(
+            f"poses: {report.method}, in {report.frame}, metric scale {report.metric_scale}"
+        )
+        try:
+            session.record_poses(report)
+        except (OSError, SessionError) as exc:  # the result stands; only the write-back failed
+            self.get_logger().warning(f"could not write the poses to the session: {exc}")
+        with self._lock:
+            if self._session is session:  # frames captured meanwhile keep their own poses
+                pairs = zip(frames, report.frames, strict=True)
+                estimated = [(f.intrinsics, p.pose) for f, p in pairs]
+                self._cameras = estimated + self._cameras[len(estimated) :]
+        self._publish_frusta()
 
     def _publish_frusta(self) -> None:
         with self._lock:

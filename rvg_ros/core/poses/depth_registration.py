@@ -17,6 +17,7 @@ import numpy as np
 import open3d as o3d
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.spatial.transform import Rotation
 
 from rvg_ros.core.geometry import invert_rigid
 from rvg_ros.core.types import Frame
@@ -197,6 +198,8 @@ def icp(
             reg.ICPConvergenceCriteria(1e-6, 1e-6, 30),
         )  # fmt: skip
         transformation = result.transformation
+    if max_change is not None:
+        transformation = constrained_update(src, tgt, init, transformation, voxel)
     final = reg.evaluate_registration(src.cloud, tgt.cloud, 1.5 * voxel, transformation)
     if max_change is not None:
         # Moving further than a pose may be corrected means ICP slid: on a symmetric surface (a
@@ -208,6 +211,47 @@ def icp(
         if metres > max_change[0] or angle > max_change[1]:
             return np.asarray(init, np.float64), float(before.fitness), float(before.inlier_rmse)
     return transformation, float(final.fitness), float(final.inlier_rmse)
+
+
+# Directions of motion whose (size-normalised) information is below this share of the best
+# constrained one are treated as unobservable by the surfaces (degeneracy-aware ICP).
+DEGENERATE_SHARE = 0.03
+
+
+def constrained_update(
+    src: FrameCloud, tgt: FrameCloud, init: np.ndarray, result: np.ndarray, voxel: float
+) -> np.ndarray:
+    """The ICP update from ``init`` to ``result`` restricted to the motions the overlapping
+    surfaces constrain (Zhang, Kaess, Singh 2016: degeneracy in optimisation-based state
+    estimation). On a cylinder or sphere, ICP from a good initial pose otherwise slides along
+    the free rotation to overlap more, which turns exact poses into wrong ones."""
+    info = np.asarray(
+        reg.get_information_matrix_from_point_clouds(src.cloud, tgt.cloud, 1.5 * voxel, result)
+    )
+    points = np.asarray(tgt.cloud.points)
+    if len(points) < 10 or not np.any(info):
+        return np.asarray(init, dtype=np.float64)
+    # Open3D's parameters: rotation (rx, ry, rz) then translation, about the target camera's
+    # origin. Re-expressed about the points' centroid (else a rotation is mostly a translation
+    # at the object's distance), rotations scaled by the object's size to compare in metres.
+    centre = points.mean(axis=0)
+    cross = np.array(
+        [[0.0, -centre[2], centre[1]], [centre[2], 0.0, -centre[0]], [-centre[1], centre[0], 0.0]]
+    )
+    about_centre = np.eye(6)
+    about_centre[3:, :3] = cross  # origin twist = about_centre @ (rotation, centroid shift)
+    size = float(np.linalg.norm(points.std(axis=0))) or 1.0
+    scale = np.diag([1.0 / size] * 3 + [1.0] * 3)
+    to_metres = about_centre @ scale
+    values, vectors = np.linalg.eigh(to_metres.T @ info @ to_metres)
+    good = vectors[:, values >= DEGENERATE_SHARE * values.max()]
+    delta = np.asarray(result) @ invert_rigid(np.asarray(init))  # result = delta @ init
+    twist = np.concatenate([Rotation.from_matrix(delta[:3, :3]).as_rotvec(), delta[:3, 3]])
+    kept = to_metres @ good @ good.T @ np.linalg.inv(to_metres) @ twist
+    update = np.eye(4)
+    update[:3, :3] = Rotation.from_rotvec(kept[:3]).as_matrix()
+    update[:3, 3] = kept[3:]
+    return update @ np.asarray(init, dtype=np.float64)
 
 
 def colour_agreement(
