@@ -62,9 +62,13 @@ def run_soak(
                 failures.append(f"cycle {cycles}: reset: {response.message}")
             latencies["cycle"].append(time.monotonic() - cycle_start)
             cycles += 1
-            # The harness, not the node, deletes the archived sessions (disk stays bounded).
+            # The harness, not the node, deletes the archived sessions (disk stays bounded);
+            # a failed cycle's session is kept for a post-mortem.
             for archived in (out / "run").glob("session-*"):
-                shutil.rmtree(archived, ignore_errors=True)
+                if failures and failures[-1].startswith(f"cycle {cycles - 1}:"):
+                    archived.rename(out / f"failed-cycle-{cycles - 1}")
+                else:
+                    shutil.rmtree(archived, ignore_errors=True)
             samples.append((time.monotonic() - t0, cycles, rss_mb(r.node.pid)))
             if cycles % 10 == 0:
                 log(
