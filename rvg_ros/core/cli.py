@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="simulated camera + node + capture + reconstruct, end to end"
     )
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--views", type=int, default=8)
-    demo.add_argument("--backend", default="fusion")
+    demo.add_argument("--views", type=int, default=4)
+    demo.add_argument("--arc", type=float, default=120.0, help="degrees of orbit the views span")
+    demo.add_argument("--backend", default="rvg")
+    demo.add_argument("--baseline", default="fusion", help="also run offline; 'none' to skip")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -130,7 +132,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rvg_ros.ros.demo import run_demo
 
-    return run_demo(Path(args.out), views=args.views, backend=args.backend)
+    baseline = None if args.baseline == "none" else args.baseline
+    return run_demo(
+        Path(args.out), views=args.views, backend=args.backend, arc_deg=args.arc, baseline=baseline
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 """``rvg-ros demo``: the whole loop, as a user runs it, on a simulated camera.
 
 Starts the reconstruct node and the simulated camera as separate processes on a private DDS
-domain, captures frames through the capture service while the camera orbits, reconstructs
+domain, captures frames through the capture service while the camera orbits (by default four
+views over a 120 degree arc, as a wrist camera that cannot go round the object), reconstructs
 through the action (printing its feedback), receives the cloud and mesh on their topics, and
-scores the result against the simulated object's ground-truth mesh.
+scores the result against the simulated object's ground-truth mesh. The baseline backend is then
+run offline (``reconstruct_folder``) on the very session the node saved, and both are printed
+side by side.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ class DemoClient:
         )
         self._rclpy = rclpy
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        # Generous: the node imports torch, Open3D and scipy, which takes tens of seconds on a
+        # loaded 2-core machine.
         deadline = time.monotonic() + timeout
         for client in (self.capture, self.reconstruct, self.reset):
             if not client.wait_for_service(timeout_sec=max(deadline - time.monotonic(), 0.1)):
@@ -153,12 +158,50 @@ class DemoClient:
         self.node.destroy_node()
 
 
+def _scores(vertices: np.ndarray, triangles: np.ndarray, gt: Any) -> dict[str, float]:
+    from rvg_ros.core.metrics import mesh_metrics
+
+    metrics = mesh_metrics((vertices, triangles), gt, radii=(0.005, 0.01))
+    return {
+        "chamfer_l2_m2": metrics.chamfer_l2,
+        "accuracy_mm": 1000 * metrics.accuracy,
+        "f_score_5mm": metrics.fscore[0.005],
+        "f_score_10mm": metrics.fscore[0.01],
+        "completeness_5mm": metrics.completeness,
+    }
+
+
+def run_baseline(session_dir: Path, out_dir: Path, backend: str, gt: Any) -> dict[str, Any]:
+    """The same captured session reconstructed offline by another backend (the ROS-free core)."""
+    from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
+
+    result = reconstruct_folder(session_dir, out_dir, ReconstructSettings(backend=backend))
+    return {
+        "backend": backend,
+        "seconds": float(sum(result.stage_seconds.values())),
+        **_scores(result.mesh.vertices, result.mesh.triangles, gt),
+    }
+
+
+_ROWS = (
+    ("F-score @ 5 mm", "f_score_5mm", "{:.3f}"),
+    ("F-score @ 10 mm", "f_score_10mm", "{:.3f}"),
+    ("completeness @5mm", "completeness_5mm", "{:.3f}"),
+    ("accuracy (mm)", "accuracy_mm", "{:.2f}"),
+    ("chamfer L2 (m^2)", "chamfer_l2_m2", "{:.2e}"),
+)
+
+
 def run_demo(
-    out_dir: Path, views: int = 8, backend: str = "fusion", orbit_speed_deg: float = 40.0
+    out_dir: Path,
+    views: int = 4,
+    backend: str = "rvg",
+    orbit_speed_deg: float = 40.0,
+    arc_deg: float = 120.0,
+    baseline: str | None = "fusion",
 ) -> int:
     import rclpy
 
-    from rvg_ros.core.metrics import mesh_metrics
     from rvg_ros.ros.point_cloud2 import point_cloud2_to_cloud
     from rvg_ros.sim.objects import demo_object
 
@@ -199,7 +242,8 @@ def run_demo(
     client = DemoClient()
     try:
         client.wait_ready()
-        step = 360.0 / views / orbit_speed_deg  # seconds between captures: even spacing
+        # Seconds between captures: ``views`` evenly over ``arc_deg`` of the orbit.
+        step = min(arc_deg, 360.0 - 360.0 / views) / max(views - 1, 1) / orbit_speed_deg
         captured = 0
         deadline = time.monotonic() + views * step + 30.0
         while captured < views and time.monotonic() < deadline:
@@ -231,7 +275,6 @@ def run_demo(
         gt = demo_object().mesh
         vertices = np.array([[p.x, p.y, p.z] for p in rec.mesh.vertices])
         triangles = np.array([t.vertex_indices for t in rec.mesh.triangles], dtype=np.int64)
-        metrics = mesh_metrics((vertices, triangles), gt, radii=(0.005, 0.01))
         summary = {
             "backend": rec.backend,
             "views": int(rec.num_views),
@@ -240,14 +283,13 @@ def run_demo(
             ),
             "points": len(cloud.points),
             "mesh_marker_triangles": len(client.received["mesh"].points) // 3,
-            "chamfer_l2_m2": metrics.chamfer_l2,
-            "accuracy_mm": 1000 * metrics.accuracy,
-            "f_score_5mm": metrics.fscore[0.005],
-            "f_score_10mm": metrics.fscore[0.01],
-            "completeness_5mm": metrics.completeness,
+            **_scores(vertices, triangles, gt),
             "files": list(rec.file_paths),
             "wall_seconds": time.monotonic() - t_start,
         }
+        if baseline and baseline != rec.backend:
+            print(f"  baseline: {baseline} on the same session, offline")
+            summary["baseline"] = run_baseline(session_dir, out_dir / baseline, baseline, gt)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print("\nrvg_ros demo summary")
         print(f"  backend            {summary['backend']}")
@@ -255,12 +297,13 @@ def run_demo(
         for stage, seconds in summary["stages"].items():
             print(f"  time {stage:<13} {seconds:.3f} s")
         print(f"  points             {summary['points']} (PointCloud2 on /{NODE_NAME}/cloud)")
-        print(f"  chamfer (L2)       {summary['chamfer_l2_m2']:.3e} m^2")
-        print(f"  accuracy           {summary['accuracy_mm']:.2f} mm")
-        print(f"  F-score @ 5 mm     {summary['f_score_5mm']:.3f}")
-        print(f"  F-score @ 10 mm    {summary['f_score_10mm']:.3f}")
-        print(f"  completeness @5mm  {summary['completeness_5mm']:.3f}")
         print(f"  files              {Path(summary['files'][0]).parent}")
+        base = summary.get("baseline")
+        header = f"  {'vs. ground truth':<19}{summary['backend']:>10}"
+        print(header + (f"{base['backend']:>10}" if base else ""))
+        for label, key, fmt in _ROWS:
+            line = f"  {label:<19}{fmt.format(summary[key]):>10}"
+            print(line + (f"{fmt.format(base[key]):>10}" if base else ""))
         print(f"  total wall time    {summary['wall_seconds']:.1f} s")
         return 0
     except DemoError as exc:
