@@ -1,5 +1,5 @@
 """Faults against a real node process: GPU out of memory (failpoint), disk full / file size
-limit, concurrent clients, cancel in every stage, and SIGKILL loops with restarts."""
+limit, concurrent clients, cancel in every stage (SIGKILL loops: test_node_kill_loop.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 
 from rvg_ros.core.failpoints import ENV as FAILPOINTS  # noqa: E402
 from rvg_ros.core.session import CaptureSession  # noqa: E402
-from rvg_ros.reliability.kill_loop import run_kill_loop  # noqa: E402
 from rvg_ros.reliability.system import Rig, rig  # noqa: E402
 
 
@@ -199,9 +198,11 @@ def test_full_disk_rejects_capture_and_node_recovers(node: Rig) -> None:
         CaptureSession(full).set_frame_id("world")
         load = node.client.load_session.srv_type.Request(path=str(full))
         assert node.client.call(node.client.load_session, load).success
-        reasons = []
-        for i in range(20):
-            response = node.capture_until_accepted(f"fill {i}", timeout=5)
+        reasons, accepted = [], 1
+        assert node.capture_until_accepted("fill 0", timeout=30).accepted
+        for i in range(1, 20):
+            response = node.client.capture_frame(f"fill {i}")
+            accepted += response.accepted
             if not response.accepted:
                 reasons.append(response.reason)
                 if "No space left" in response.reason:
@@ -210,7 +211,7 @@ def test_full_disk_rejects_capture_and_node_recovers(node: Rig) -> None:
         assert reasons and "write failed" in reasons[-1] and "No space left" in reasons[-1]
         assert node.node.poll() is None
         frames = CaptureSession(full, create=False).frames()  # consistent, all readable
-        assert len(frames) == i
+        assert len(frames) == accepted
         load.path = str(node.root / "session")
         assert node.client.call(node.client.load_session, load).success
         assert node.capture_until_accepted("back", timeout=30).accepted
@@ -223,12 +224,3 @@ def test_load_session_outside_the_sessions_folder_is_refused(node: Rig, tmp_path
     request = node.client.load_session.srv_type.Request(path=str(tmp_path / "elsewhere"))
     response = node.client.call(node.client.load_session, request)
     assert not response.success and "outside the sessions folder" in response.message
-
-
-@pytest.mark.timeout(600)
-def test_sigkill_loop_during_captures_and_reconstructions(tmp_path: Path) -> None:
-    """Larger counts: python -m rvg_ros.reliability.kill_loop (docs/reliability.md)."""
-    stats = run_kill_loop(tmp_path, kills=3, seed=7, reconstruct_every=3)
-    print(stats)
-    assert stats["kills"] == 3 and stats["kills_during_reconstruct"] == 1
-    assert stats["lost"] == 0 and stats["frames_on_disk"] >= stats["acknowledged"]
