@@ -104,7 +104,7 @@ def reconstruct_folder(
         session.record_poses(report)
     export_reconstruction(result, capture.frames, output_dir)
     if isinstance(report, PoseReport):
-        write_poses_json(report, frames, output_dir / "poses.json")
+        write_poses_json(report, frames, Path(output_dir) / "poses.json")
     return result
 
 
