@@ -1,8 +1,8 @@
 """Launch the rvg_ros reconstruct node (and optionally the simulated camera).
 
-    ros2 launch rvg_ros reconstruct.launch.py
-    ros2 launch rvg_ros reconstruct.launch.py sim:=true
-    ros2 launch rvg_ros reconstruct.launch.py params_file:=/path/to/my.yaml namespace:=arm
+ros2 launch rvg_ros reconstruct.launch.py
+ros2 launch rvg_ros reconstruct.launch.py sim:=true
+ros2 launch rvg_ros reconstruct.launch.py params_file:=/path/to/my.yaml namespace:=arm
 """
 
 import os
