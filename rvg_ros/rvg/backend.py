@@ -22,7 +22,7 @@ from rvg_ros.core.backends.base import (
     no_progress,
     peak_rss_mb,
 )
-from rvg_ros.core.backends.fusion import FusionBackend
+from rvg_ros.core.backends.completion import fused_vertices
 from rvg_ros.core.backends.symmetry import Symmetry, find_symmetry, symmetric_views
 from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import finish_mesh, sample_cloud
@@ -94,8 +94,8 @@ class RVGBackend:
             cfg_scale=float(extra.get("cfg_scale", RVGSettings.cfg_scale)),
             use_condition=bool(extra.get("use_condition", True)),
             enforce_evidence=bool(extra.get("enforce_evidence", True)),
-            symmetry=_flag(extra.get("symmetry", RVGSettings.symmetry)),
-            support=_flag(extra.get("support", RVGSettings.support)),
+            symmetry=bool(extra.get("symmetry", RVGSettings.symmetry)),
+            support=bool(extra.get("support", RVGSettings.support)),
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
         )
 
@@ -109,8 +109,6 @@ class RVGBackend:
             raise ReconstructionError("rvg needs depth or object masks in every view")
         timer = StageTimer(progress, _STAGES)
         s = self.settings
-        if s.sample_seed is None:
-            s = replace(s, sample_seed=capture.seed)
         res = model.config.resolution
         symmetry: Symmetry | None = None
         virtual: list[Frame] = []
@@ -151,7 +149,8 @@ class RVGBackend:
                     condition = model.null_condition.expand(1, -1, -1)
             with timer.stage("sampling") as sub:
                 # ``sample_seed`` varies the generation alone (same views): seed variance.
-                generator = torch.Generator().manual_seed(s.sample_seed)
+                seed = capture.seed if s.sample_seed is None else s.sample_seed
+                generator = torch.Generator().manual_seed(seed)
                 x0 = sample_flow(
                     velocity_fn(model, onehot, condition),
                     (1, 1, res, res, res),
@@ -217,19 +216,9 @@ class RVGBackend:
     def _symmetric_views(self, capture: CaptureSet) -> tuple[Symmetry | None, list[Frame]]:
         """The best symmetry consistent with the views (as ``fusion+mirror`` finds it) and the
         virtual views it implies; (None, []) when no symmetry is consistent."""
-        fused = FusionBackend(replace(self.options, extra={})).reconstruct(capture, no_progress)
-        if fused.mesh.is_empty:
-            return None, []
-        points = fused.mesh.vertices[np.lexsort(fused.mesh.vertices.T[::-1])]
+        points = fused_vertices(capture, replace(self.options, extra={}))
         voxel = capture.target.side / self.options.resolution
         symmetry, _ = find_symmetry(points, capture.frames, capture.target, voxel, capture.seed)
         if symmetry is None:
             return None, []
         return symmetry, symmetric_views(capture.frames, symmetry, MAX_SYMMETRY_TRANSFORMS)
-
-
-def _flag(value: object) -> bool:
-    """A boolean backend option given as a bool or as text (``rvg@symmetry=false``)."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off")
-    return bool(value)

@@ -205,11 +205,16 @@ def surface_reconstruction(
     )
 
 
-def fused_points(capture: CaptureSet, options: BackendOptions, timer: StageTimer) -> np.ndarray:
-    """Run fusion as the ``fuse`` stage; returns the fused surface's vertices."""
-    with timer.stage("fuse"):
-        fused = FusionBackend(options).reconstruct(capture, no_progress)
+def fused_vertices(capture: CaptureSet, options: BackendOptions) -> np.ndarray:
+    """The fused surface's vertices, in a deterministic order."""
+    fused = FusionBackend(options).reconstruct(capture, no_progress)
     # Open3D's voxel hash map returns the same vertices in a run-dependent order: sort them so
     # that everything downstream (subsampling, tie-breaks) is deterministic.
     vertices = fused.mesh.vertices
     return vertices[np.lexsort(vertices.T[::-1])]
+
+
+def fused_points(capture: CaptureSet, options: BackendOptions, timer: StageTimer) -> np.ndarray:
+    """Run fusion as the ``fuse`` stage; returns the fused surface's vertices."""
+    with timer.stage("fuse"):
+        return fused_vertices(capture, options)
