@@ -1,0 +1,173 @@
+"""Rendering-aware velocity compensation (RVC, ReconViaGen section 3.4), independent of the net.
+
+At a late sampling step (t < ``t_start``) the model's velocity v gives a one-step estimate of the
+data, x0_hat = x_t - t v. It is decoded to an SDF field, rendered into every input view, and
+compared with the views (``render_loss.view_loss``). Views whose loss exceeds ``max_view_loss``
+are dropped (they disagree with the rest: a bad pose or mask). The velocity is then corrected,
+v' = v + lambda dv with dv = dL/dx0_hat (the kept views' summed loss).
+
+Sign: x0_hat' = x_t - t v' = x0_hat - t lambda dL/dx0_hat, a gradient-descent step on the
+rendering loss; and the Euler step x_{t'} = x_t + (t' - t) v' with t' < t moves x the same way.
+
+``normalise`` (default) rescales dv per sample to the RMS of v before lambda applies: the raw
+gradient's size depends on the decoder, the latent's scale and the image size, so lambda = 0.1
+would mean nothing; rescaled, lambda is the correction's size relative to the velocity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rvg_ros.rvg.flow import VelocityFn, sample_flow
+from rvg_ros.rvg.render import RenderConfig, SDFField, render
+from rvg_ros.rvg.render_loss import LossConfig, View, view_loss
+
+# decode(x0_hat (B, ...)) -> one renderable field per batch item, differentiable in x0_hat.
+Decoder = Callable[[torch.Tensor], Sequence[SDFField]]
+
+
+@dataclass(frozen=True)
+class RVCConfig:
+    strength: float = 0.1  # lambda; 0 turns RVC off (sampling is then exactly sample_flow's)
+    t_start: float = 0.5  # compensate only for t < t_start
+    max_view_loss: float = 0.8  # views above this per-view total are dropped
+    normalise: bool = True  # dv rescaled to the RMS of v (see the module docstring)
+    measure_after: bool = True  # also render x0_hat after the correction, for the report
+    render: RenderConfig = field(default_factory=RenderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class RVCStep:
+    """One compensated step: per-view totals (B, V) at x0_hat before and after, views kept."""
+
+    t: float
+    before: torch.Tensor
+    after: torch.Tensor | None
+    kept: torch.Tensor
+
+
+def view_losses(
+    fields: Sequence[SDFField], views: Sequence[View], config: RVCConfig | None = None
+) -> torch.Tensor:
+    """Per-view loss totals (B, V) of each field against every view; differentiable."""
+    cfg = config or RVCConfig()
+    rows = []
+    for f in fields:
+        rows.append(
+            torch.stack(
+                [view_loss(render(f, v.camera, cfg.render), v, cfg.loss).total for v in views]
+            )
+        )
+    return torch.stack(rows)
+
+
+def compensate(
+    x_t: torch.Tensor,
+    t: float,
+    v: torch.Tensor,
+    decode: Decoder,
+    views: Sequence[View],
+    config: RVCConfig | None = None,
+) -> tuple[torch.Tensor, RVCStep | None]:
+    """v + lambda dv at time t (or v itself when RVC does not apply), and the step's report."""
+    cfg = config or RVCConfig()
+    if cfg.strength == 0.0 or t >= cfg.t_start or not views:
+        return v, None
+    with torch.enable_grad():
+        x0 = (x_t - t * v).detach().requires_grad_(True)
+        losses = view_losses(decode(x0), views, cfg)
+        kept = losses.detach() <= cfg.max_view_loss
+        # A dropped view contributes nothing; with every view dropped dv is zero.
+        (grad,) = torch.autograd.grad((losses * kept).sum(), x0)
+    dv = grad
+    if cfg.normalise:
+        dims = tuple(range(1, v.dim()))
+        rms_v = v.pow(2).mean(dim=dims, keepdim=True).sqrt()
+        rms_g = grad.pow(2).mean(dim=dims, keepdim=True).sqrt()
+        dv = grad * rms_v / rms_g.clamp(min=1e-12)
+    v_new = v + cfg.strength * dv
+    after = None
+    if cfg.measure_after:
+        with torch.no_grad():
+            after = view_losses(decode(x_t - t * v_new), views, cfg)
+    return v_new, RVCStep(t=t, before=losses.detach(), after=after, kept=kept)
+
+
+class RVCVelocity:
+    """Wraps a velocity function so that ``flow.sample_flow`` samples with RVC.
+
+    ``sample_flow`` runs classifier-free guidance by calling the velocity on a doubled batch
+    (``drop`` False = conditional, True = null condition) and combining v_u + s (v_c - v_u).
+    The wrapper forms that same guided v, compensates it, and adds the same dv to both halves,
+    so the sampler's combination yields guided v + lambda dv. With strength 0 or t >= t_start
+    it returns the wrapped function's output untouched, so sampling is exactly sample_flow's.
+    """
+
+    def __init__(
+        self,
+        velocity: VelocityFn,
+        decode: Decoder,
+        views: Sequence[View],
+        cfg_scale: float,
+        config: RVCConfig | None = None,
+    ) -> None:
+        self.velocity, self.decode, self.views = velocity, decode, list(views)
+        self.cfg_scale = cfg_scale
+        self.config = config or RVCConfig()
+        self.steps: list[RVCStep] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        v = self.velocity(x, t, drop)
+        time = float(t[0])
+        if self.config.strength == 0.0 or time >= self.config.t_start:
+            return v
+        cond = ~drop
+        if bool(drop.any()):  # a guided batch: conditional and null halves
+            v_c, v_u = v[cond], v[drop]
+            guided = v_u + self.cfg_scale * (v_c - v_u)
+        else:
+            guided = v[cond]
+        new, step = compensate(x[cond], time, guided, self.decode, self.views, self.config)
+        if step is not None:
+            self.steps.append(step)
+        dv = new - guided
+        out = v.clone()
+        out[cond] += dv
+        if bool(drop.any()):
+            out[drop] += dv
+        return out
+
+
+def sample_flow_rvc(
+    velocity: VelocityFn,
+    shape: tuple[int, ...],
+    steps: int,
+    cfg_scale: float,
+    generator: torch.Generator,
+    decode: Decoder,
+    views: Sequence[View],
+    config: RVCConfig | None = None,
+    device: str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+    **sample_options: Any,
+) -> tuple[torch.Tensor, list[RVCStep]]:
+    """``flow.sample_flow`` with RVC; returns the sample and one report per compensated step.
+
+    ``sample_options`` go to ``sample_flow`` unchanged (whatever else it accepts)."""
+    wrapped = RVCVelocity(velocity, decode, views, cfg_scale, config)
+    x = sample_flow(
+        wrapped,
+        shape,
+        steps,
+        cfg_scale,
+        generator,
+        device=device,
+        on_step=on_step,
+        **sample_options,
+    )
+    return x, wrapped.steps
