@@ -227,25 +227,25 @@ def final_loss(x: torch.Tensor) -> torch.Tensor:
 
 def test_rvc_sampling_pulls_an_offset_generation_onto_the_views():
     velocity = gaussian_velocity(OFFSET)
-    shape = (4, 4)  # four samples of the toy 4-number latent
-    plain = sample_flow(velocity, shape, 12, 1.0, torch.Generator().manual_seed(0))
+    shape = (3, 4)  # three samples of the toy 4-number latent
+    plain = sample_flow(velocity, shape, 10, 1.0, torch.Generator().manual_seed(0))
 
     def rvc(strength: float):
         g = torch.Generator().manual_seed(0)
         config = replace(CONFIG, strength=strength)
-        return sample_flow_rvc(velocity, shape, 12, 1.0, g, decode_params, VIEWS, config)
+        return sample_flow_rvc(velocity, shape, 10, 1.0, g, decode_params, VIEWS, config)
 
     x, steps = rvc(0.1)  # the paper's lambda
     before, after = final_loss(plain).mean(dim=1), final_loss(x).mean(dim=1)
-    # Measured: 0.46-0.67 -> 0.31-0.57 per sample; lambda 0.3 pulls harder (0.10-0.40).
+    # Measured: 0.46-0.77 -> 0.33-0.56 per sample; lambda 0.3 pulls harder (0.07-0.23).
     assert (after < 0.9 * before).all(), (before, after)
     assert (final_loss(rvc(0.3)[0]).mean(dim=1) < after).all()
     # The samples moved towards the true centre.
     assert (x[:, :3].norm(dim=1) < plain[:, :3].norm(dim=1)).all()
     # One report per step with t < t_start, as the sampler's time grid has them.
-    times = torch.linspace(1.0, 0.0, 13)[:-1]
+    times = torch.linspace(1.0, 0.0, 11)[:-1]
     assert [s.t for s in steps] == [float(t) for t in times if float(t) < 0.5]
-    assert all(s.before.shape == (4, 4) and s.after.shape == (4, 4) for s in steps)
+    assert all(s.before.shape == (3, 4) and s.after.shape == (3, 4) for s in steps)
     assert all((s.after <= s.before + 1e-6).all() for s in steps)
 
 

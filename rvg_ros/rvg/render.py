@@ -18,12 +18,14 @@ Conventions:
 - Depth is z-depth (along the optical axis) in cube units, like a depth camera's, divided by
   the cube side. ``camera_in_cube`` converts the project's metric frames.
 
-Method (hand-written; no library here renders an SDF differentiably on the CPU): fixed samples
-along each ray between its cube entry and exit, and NeuS's unbiased opacity from consecutive SDF
-samples, alpha_i = 1 - Phi(s_{i+1}) / Phi(s_i) clamped to [0, 1], with Phi a logistic of
-sharpness k. The product of (1 - alpha) telescopes, so a ray that crosses the surface becomes
-opaque there however coarse the samples are; each interval's depth and colour are taken at the
-linear zero crossing of the SDF inside it, so depth is accurate to well below a sample spacing.
+Method (hand-written; no library here renders an SDF differentiably on the CPU): a coarse pass
+without gradient finds where each ray first meets the surface; the differentiable pass takes
+fixed samples in a window of a few voxels around that point (rays that pass far from the surface
+stay empty) and turns them into NeuS's unbiased opacity from consecutive SDF samples,
+alpha_i = 1 - Phi(s_{i+1}) / Phi(s_i) clamped to [0, 1], with Phi a logistic of sharpness k.
+The product of (1 - alpha) telescopes, so a ray that crosses the surface becomes opaque there
+however coarse the samples are; each interval's depth and colour are taken at the linear zero
+crossing of the SDF inside it, so depth is accurate to well below a sample spacing.
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ from rvg_ros.core.types import Intrinsics, TargetCube
 
 @dataclass(frozen=True)
 class RenderConfig:
-    # Samples per ray between cube entry and exit; about one per voxel of a 64^3 grid.
-    samples: int = 64
+    # Coarse pass (no gradient, SDF only): samples per ray between cube entry and exit, to
+    # find where the ray first meets the surface (or passes closest to it).
+    coarse_samples: int = 64
+    # Differentiable pass: samples in a window of +-window_voxels around that point (at least
+    # 1.5 coarse spacings); rays that stay further than that from the surface are empty.
+    samples: int = 16
+    window_voxels: float = 4.0
     # Width of the logistic Phi(s) = sigmoid(s / softness) in voxels of the rendered grid.
     # Smaller is sharper (silhouettes closer to the true surface); larger spreads gradients
     # further from the surface, which is what a compensation step far from the data needs.
@@ -167,8 +174,16 @@ def render(field: SDFField, camera: Camera, config: RenderConfig | None = None) 
     bg = torch.tensor(config.background, device=device, dtype=field.sdf.dtype)
     colour = bg[:, None].repeat(1, h * w) if field.colour is not None else None
     if hit.any():
-        sil_hit, depth_hit, colour_hit = _render_rays(
+        start, step, active = _surface_window(
             field, origins[hit], dirs[hit], near[hit], far[hit], config
+        )
+        near, far = near[hit][active], far[hit][active]
+        start, step = start[active], step[active]
+        hit = hit.masked_scatter(hit, active)
+    if hit.any():
+        t = start[:, None] + step[:, None] * torch.arange(config.samples, device=device)
+        sil_hit, depth_hit, colour_hit = _render_rays(
+            field, origins[hit], dirs[hit], t, near, far, config
         )
         # Out of place, so autograd sees the scatter.
         silhouette = silhouette.masked_scatter(hit, sil_hit)
@@ -183,17 +198,70 @@ def render(field: SDFField, camera: Camera, config: RenderConfig | None = None) 
     )
 
 
-def _render_rays(
+@torch.no_grad()
+def _surface_window(
     field: SDFField,
     origins: torch.Tensor,
     dirs: torch.Tensor,
     near: torch.Tensor,
     far: torch.Tensor,
     config: RenderConfig,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    n, s = origins.shape[0], config.samples
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per ray, the window of ray parameters that the differentiable pass samples, centred on
+    the first zero crossing of the coarse SDF samples (or on their minimum when the ray misses),
+    and whether the ray comes near the surface at all.
+
+    Why: a 3D ``grid_sample`` and its backward dominate the cost, and only samples within a few
+    voxels of the surface carry opacity or gradient. The window is chosen without gradient; the
+    render inside it does not depend on where exactly it lies as long as it holds the surface.
+    """
+    n, s = origins.shape[0], config.coarse_samples
     steps = torch.linspace(0.0, 1.0, s, device=origins.device, dtype=origins.dtype)
-    t = near[:, None] + (far - near)[:, None] * steps  # (n, s)
+    t = near[:, None] + (far - near)[:, None] * steps
+    points = origins[:, None] + t[..., None] * dirs[:, None]
+    sdf = sample_field(SDFField(field.sdf), points.view(-1, 3)).view(n, s)
+
+    inside = sdf <= 0
+    crossed = inside.any(dim=1)
+    first = inside.to(torch.uint8).argmax(dim=1, keepdim=True)  # first inside sample
+    before = (first - 1).clamp(min=0)
+    s0, s1 = sdf.gather(1, before), sdf.gather(1, first)
+    t0, t1 = t.gather(1, before), t.gather(1, first)
+    frac = (s0 / torch.where(s0 > s1, s0 - s1, torch.ones_like(s0))).clamp(0.0, 1.0)
+    t_cross = (t0 + frac * (t1 - t0))[:, 0]
+    closest = sdf.argmin(dim=1, keepdim=True)
+    centre = torch.where(crossed, t_cross, t.gather(1, closest)[:, 0])
+
+    # Half-width as a length along the ray, then in ray parameter (directions are not unit).
+    length = dirs.norm(dim=-1)
+    spacing = (far - near) * length / max(s - 1, 1)
+    half = torch.clamp(1.5 * spacing, min=config.window_voxels / field.resolution)
+    active = crossed | (sdf.gather(1, closest)[:, 0] < half)
+    # The window's samples sit on a lattice fixed per ray (origin at the cube entry, spacing
+    # from the window's width alone): the SDF only picks which lattice points, so the render
+    # is piecewise a function of the SDF through the samples alone and its gradient is exact
+    # almost everywhere (a window sliding with the SDF would move the samples, which the
+    # gradient cannot see).
+    step = 2 * half / length / max(config.samples - 1, 1)
+    first_index = torch.floor((centre - half / length - near) / step)
+    return near + first_index * step, step, active
+
+
+def _render_rays(
+    field: SDFField,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    t: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    config: RenderConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Opacity, depth and premultiplied colour of rays sampled at parameters t (n, s)."""
+    n, s = t.shape
+    # The window may reach past the cube's entry or exit: those samples collapse onto it
+    # (zero-length intervals), so a ray entering the cube inside the object turns opaque
+    # exactly at the entry (the virtual outside sample below sits there).
+    t = torch.minimum(torch.maximum(t, near[:, None]), far[:, None])
     points = origins[:, None] + t[..., None] * dirs[:, None]
     values = sample_field(field, points.view(-1, 3)).view(n, s, -1)
     sdf = values[..., 0]
