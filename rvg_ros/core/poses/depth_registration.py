@@ -1,8 +1,13 @@
 """Register RGB-D frames against each other with Open3D: pairwise initial alignment (SIFT
 matches lifted to 3D by the depth, and FPFH geometric features, each by RANSAC), generalized
-ICP from each (the result whose overlap agrees best in colour is kept), then multiway
-registration (a pose graph, optimised with robust edge pruning), as in Open3D's
-multiway-registration pipeline.
+ICP from each, then multiway registration (a pose graph, optimised with robust edge pruning),
+as in Open3D's multiway-registration pipeline.
+
+Of a pair's ICP results the one kept overlaps most, agrees in colour and, above all, puts no
+surface where the other view saw empty space (``free_space_violation``). When the overlap
+leaves a rotation nearly unconstrained (a round body: a bowl, a pitcher, a cup), alignments
+turned about that axis are tried too (``symmetry_axis``): on a round body the first ICP result
+is as often turned about the axis as not, and only a spout, a handle or the texture tells.
 
 Works without texture (FPFH on the geometry) and without any initial pose. The same pairwise
 ICP + pose graph refines given poses (``refine.py``) when started from them.
@@ -10,16 +15,19 @@ ICP + pose graph refines given poses (``refine.py``) when started from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import open3d as o3d
+from scipy.ndimage import distance_transform_edt, minimum_filter
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from rvg_ros.core.geometry import invert_rigid
+from rvg_ros.core.geometry import invert_rigid, transform_points
 from rvg_ros.core.types import Frame
 
 reg = o3d.pipelines.registration
@@ -35,6 +43,26 @@ MIN_COLOUR_AGREEMENT = 0.8
 MIN_AGREEMENT_OVER_CHANCE = 1.3
 # Minimum lifted SIFT matches worth a RANSAC.
 MIN_FEATURE_MATCHES = 8
+# Free-space violation (share of a view's points the other view saw through) that halves a
+# candidate's score; a right alignment of rendered YCB views violates 0.000 (measured on the
+# pitcher), one turned about the pitcher's axis 0.012-0.09 (its spout and handle).
+VIOLATION_SCALE = 0.004
+# A point violates free space when it is this many voxels in front of the measured depth.
+VIOLATION_TOLERANCE_VOXELS = 1.0
+# A pair whose best alignment still violates more than this is not trusted as an edge.
+MAX_VIOLATION = 0.02
+# Background pixels nearer than this to the object (px) are not counted as seen empty (edges).
+EDGE_PX = 2.0
+# Symmetry search: the weakest constrained motion, if a rotation, with information below this
+# share of the strongest, gets alignments turned about it in steps of ``SYMMETRY_STEP_DEG``;
+# the ``SYMMETRY_REFINE`` best are polished by ICP.
+SYMMETRY_SHARE = 0.05
+SYMMETRY_STEP_DEG = 15.0
+SYMMETRY_REFINE = 3
+# A turned alignment must score this many times the first one to replace it.
+SYMMETRY_MARGIN = 1.03
+# ... and be turned at least this far from it (degrees).
+SYMMETRY_MIN_TURN_DEG = 10.0
 
 
 @dataclass
@@ -46,6 +74,11 @@ class FrameCloud:
     fpfh: o3d.pipelines.registration.Feature
     keypoints: np.ndarray  # (K, 3) camera frame
     descriptors: np.ndarray  # (K, 128) float32
+    # For free-space tests: the nearest depth around each pixel (inf off the object) and the
+    # pixels seen as background (off the object by more than ``EDGE_PX``); None without a mask.
+    near_depth: np.ndarray | None = None
+    background: np.ndarray | None = None
+    intrinsics: object = None
 
 
 @dataclass
@@ -58,20 +91,31 @@ class PairResult:
     agreement: float
     chance: float
     information: np.ndarray
-    check_colour: bool = True
+    check_colour: bool = True  # colour and free space (off when refining given poses)
+    violation: float = 0.0  # free-space violation, mean of both directions
 
     @property
     def ok(self) -> bool:
         if self.fitness < MIN_FITNESS:
             return False
-        return not self.check_colour or (
+        if not self.check_colour:
+            return True
+        if self.violation > MAX_VIOLATION:
+            return False
+        return (
             self.agreement >= MIN_COLOUR_AGREEMENT
             or self.agreement >= MIN_AGREEMENT_OVER_CHANCE * self.chance
         )
 
     @property
     def score(self) -> float:
-        return self.fitness * self.agreement
+        return candidate_score(self.fitness, self.agreement, self.violation)
+
+
+def candidate_score(fitness: float, agreement: float, violation: float) -> float:
+    """Overlap times colour agreement, halved for every ``VIOLATION_SCALE`` of free-space
+    violation: a spout seen through outweighs any overlap gained by turning a round body."""
+    return fitness * agreement * 0.5 ** (violation / VIOLATION_SCALE)
 
 
 def object_pixels(frame: Frame) -> np.ndarray:
@@ -135,7 +179,107 @@ def prepare_cloud(frame: Frame, voxel: float) -> FrameCloud:
         pcd, o3d.geometry.KDTreeSearchParamHybrid(radius=5.0 * voxel, max_nn=100)
     )
     keypoints, descriptors = _sift(frame, valid)
-    return FrameCloud(pcd, fpfh, keypoints, descriptors)
+    near_depth = minimum_filter(np.where(valid, frame.depth, np.inf), size=5)
+    background = distance_transform_edt(~valid) > EDGE_PX if frame.mask is not None else None
+    return FrameCloud(pcd, fpfh, keypoints, descriptors, near_depth, background, frame.intrinsics)
+
+
+def free_space_violation(
+    src: FrameCloud, tgt: FrameCloud, transformation: np.ndarray, tolerance: float
+) -> float:
+    """Share of the source points (moved into the target camera) that the target camera saw
+    through: clearly in front of every depth it measured around that pixel, or on background
+    away from the object's edge (only with a mask). A right alignment has next to none; one
+    that matches a round body turned about its axis puts the spout or the handle where the
+    other view saw empty space."""
+    if tgt.near_depth is None or tgt.intrinsics is None:
+        return 0.0
+    cam = transform_points(transformation, np.asarray(src.cloud.points))
+    cam = cam[cam[:, 2] > 1e-6]
+    if len(cam) == 0:
+        return 0.0
+    k = tgt.intrinsics
+    u = np.round(k.fx * cam[:, 0] / cam[:, 2] + k.cx).astype(int)
+    v = np.round(k.fy * cam[:, 1] / cam[:, 2] + k.cy).astype(int)
+    inside = (u >= 0) & (u < k.width) & (v >= 0) & (v < k.height)
+    if not inside.any():
+        return 0.0
+    u, v, z = u[inside], v[inside], cam[inside, 2]
+    near = tgt.near_depth[v, u]
+    violated = np.isfinite(near) & (z < near - tolerance)
+    if tgt.background is not None:
+        violated |= tgt.background[v, u]
+    return float(violated.sum() / len(cam))
+
+
+def symmetry_axis(
+    src: FrameCloud, tgt: FrameCloud, transformation: np.ndarray, voxel: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(direction, point) of the rotation, in the target camera frame, that the overlap of the
+    aligned clouds constrains least, when it constrains it weakly (a round body); else None."""
+    info = plane_information(src, tgt, transformation, voxel)
+    points = np.asarray(tgt.cloud.points)
+    if len(points) < 10 or not np.any(info):
+        return None
+    to_metres = _to_metres(points)
+    values, vectors = np.linalg.eigh(to_metres.T @ info @ to_metres)
+    if values[0] > SYMMETRY_SHARE * values[-1]:
+        return None
+    weakest = vectors[:, 0]
+    if np.linalg.norm(weakest[:3]) < 0.7:  # mostly a translation: not a turn about an axis
+        return None
+    twist = to_metres @ weakest  # about the camera origin: (omega, v), v = p x omega
+    omega, shift = twist[:3], twist[3:]
+    norm = float(np.linalg.norm(omega))
+    if norm < 1e-12:
+        return None
+    direction = omega / norm
+    point = np.cross(direction, shift / norm)  # the axis point nearest the origin
+    return direction, point
+
+
+def plane_information(
+    src: FrameCloud, tgt: FrameCloud, transformation: np.ndarray, voxel: float
+) -> np.ndarray:
+    """Point-to-plane information (6x6, Open3D's twist order: rotation, then translation, about
+    the target camera's origin) of the aligned overlap. Unlike Open3D's point-to-point
+    information it is (near) singular for the motions a surface does not constrain: a turn of
+    a round body about its axis slides every point along its own surface."""
+    moved = transform_points(transformation, np.asarray(src.cloud.points))
+    target_points = np.asarray(tgt.cloud.points)
+    if len(moved) == 0 or len(target_points) == 0:
+        return np.zeros((6, 6))
+    distance, index = cKDTree(target_points).query(moved, distance_upper_bound=1.5 * voxel)
+    index = index[np.isfinite(distance)]
+    if len(index) == 0:
+        return np.zeros((6, 6))
+    points, normals = target_points[index], np.asarray(tgt.cloud.normals)[index]
+    jacobian = np.concatenate([np.cross(points, normals), normals], axis=1)
+    return jacobian.T @ jacobian
+
+
+def _to_metres(points: np.ndarray) -> np.ndarray:
+    """Open3D's twist (rotation, translation about the camera origin) from one about the
+    points' centroid with rotations scaled by the object's size, so that the information of
+    rotations and translations compares in metres (see ``constrained_update``)."""
+    centre = points.mean(axis=0)
+    cross = np.array(
+        [[0.0, -centre[2], centre[1]], [centre[2], 0.0, -centre[0]], [-centre[1], centre[0], 0.0]]
+    )
+    about_centre = np.eye(6)
+    about_centre[3:, :3] = cross  # origin twist = about_centre @ (rotation, centroid shift)
+    size = float(np.linalg.norm(points.std(axis=0))) or 1.0
+    scale = np.diag([1.0 / size] * 3 + [1.0] * 3)
+    return about_centre @ scale
+
+
+def turned(transformation: np.ndarray, axis: tuple[np.ndarray, np.ndarray], deg: float):
+    """``transformation`` followed by a turn of ``deg`` about ``axis`` (target frame)."""
+    direction, point = axis
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec(np.radians(deg) * direction).as_matrix()
+    turn[:3, 3] = point - turn[:3, :3] @ point
+    return turn @ np.asarray(transformation)
 
 
 def _feature_candidate(
@@ -234,15 +378,7 @@ def constrained_update(
     # Open3D's parameters: rotation (rx, ry, rz) then translation, about the target camera's
     # origin. Re-expressed about the points' centroid (else a rotation is mostly a translation
     # at the object's distance), rotations scaled by the object's size to compare in metres.
-    centre = points.mean(axis=0)
-    cross = np.array(
-        [[0.0, -centre[2], centre[1]], [centre[2], 0.0, -centre[0]], [-centre[1], centre[0], 0.0]]
-    )
-    about_centre = np.eye(6)
-    about_centre[3:, :3] = cross  # origin twist = about_centre @ (rotation, centroid shift)
-    size = float(np.linalg.norm(points.std(axis=0))) or 1.0
-    scale = np.diag([1.0 / size] * 3 + [1.0] * 3)
-    to_metres = about_centre @ scale
+    to_metres = _to_metres(points)
     values, vectors = np.linalg.eigh(to_metres.T @ info @ to_metres)
     good = vectors[:, values >= DEGENERATE_SHARE * values.max()]
     delta = np.asarray(result) @ invert_rigid(np.asarray(init))  # result = delta @ init
@@ -284,27 +420,108 @@ def _pair(
     check_colour: bool = True,
     max_change: tuple[float, float] | None = None,
 ) -> PairResult:
-    """Best ICP over the initial guesses (by colour-weighted overlap): target i, source j."""
-    best: tuple[float, np.ndarray, float, float, float, float] | None = None
-    for init in inits:
-        transformation, fitness, rmse = icp(
-            clouds[j], clouds[i], init, voxel, max_distance, max_change
+    """Best ICP over the initial guesses: target i, source j. From scratch (``check_colour``),
+    judged by overlap, colour and free space, with alignments turned about a weakly constrained
+    axis tried too; from given poses, by overlap alone."""
+    src, tgt = clouds[j], clouds[i]
+    tolerance = VIOLATION_TOLERANCE_VOXELS * voxel
+
+    def judge(transformation: np.ndarray, fitness: float) -> tuple[float, float, float, float]:
+        """(score, agreement, chance, violation) of an alignment."""
+        agreement, chance = colour_agreement(src, tgt, transformation, voxel)
+        if not check_colour:
+            return fitness * agreement, agreement, chance, 0.0
+        violation = 0.5 * (
+            free_space_violation(src, tgt, transformation, tolerance)
+            + free_space_violation(tgt, src, invert_rigid(transformation), tolerance)
         )
-        agreement, chance = colour_agreement(clouds[j], clouds[i], transformation, voxel)
-        if best is None or fitness * agreement > best[0]:
-            best = (fitness * agreement, transformation, fitness, rmse, agreement, chance)
+        return candidate_score(fitness, agreement, violation), agreement, chance, violation
+
+    best: Candidate | None = None
+    for init in inits:
+        transformation, fitness, rmse = icp(src, tgt, init, voxel, max_distance, max_change)
+        score, agreement, chance, violation = judge(transformation, fitness)
+        if best is None or score > best[0]:
+            best = (score, transformation, fitness, rmse, agreement, chance, violation)
     assert best is not None
-    _, transformation, fitness, rmse, agreement, chance = best
+    if check_colour and max_change is None:
+        axis = symmetry_axis(src, tgt, best[1], voxel)
+        if axis is not None:
+            best = _turned_candidates(src, tgt, best, axis, voxel, max_distance, judge)
+    _, transformation, fitness, rmse, agreement, chance, violation = best
     if rmse > MAX_RMSE_VOXELS * voxel:
         fitness = 0.0
     info = reg.get_information_matrix_from_point_clouds(
-        clouds[j].cloud, clouds[i].cloud, 1.5 * voxel, transformation
+        src.cloud, tgt.cloud, 1.5 * voxel, transformation
     )
     # A symmetric surface (a sphere, a can) leaves some motions unconstrained: the information
     # is singular there and the pose graph would drift freely along them. A small isotropic
     # term keeps the measured relative pose (i.e. the initial one) in those directions.
     info = info + 0.01 * max(float(np.trace(info)) / 6.0, 1.0) * np.eye(6)
-    return PairResult(j, i, transformation, fitness, rmse, agreement, chance, info, check_colour)
+    return PairResult(
+        j, i, transformation, fitness, rmse, agreement, chance, info, check_colour, violation
+    )
+
+
+Candidate = tuple[float, np.ndarray, float, float, float, float, float]
+# (score, transformation, fitness, rmse, agreement, chance, violation)
+
+
+def _turned_candidates(
+    src: FrameCloud,
+    tgt: FrameCloud,
+    best: Candidate,
+    axis: tuple[np.ndarray, np.ndarray],
+    voxel: float,
+    max_distance: float,
+    judge: Callable[[np.ndarray, float], tuple[float, float, float, float]],
+) -> Candidate:
+    """The best of ``best`` and the alignments turned about ``axis``: a full turn in coarse
+    steps, the most promising refined by halving the step, then polished by ICP (and, as ICP
+    slides freely about such an axis, also the polished one turned back by what ICP turned)."""
+
+    def quick(deg: float) -> tuple[float, float]:
+        guess = turned(best[1], axis, deg)
+        fitness = reg.evaluate_registration(src.cloud, tgt.cloud, 1.5 * voxel, guess).fitness
+        return judge(guess, float(fitness))[0], deg
+
+    coarse = sorted(
+        (quick(float(d)) for d in np.arange(0.0, 360.0 - 1e-6, SYMMETRY_STEP_DEG)), reverse=True
+    )
+    original, first = best[0], best[1]
+    for score, deg in coarse[:SYMMETRY_REFINE]:
+        step = SYMMETRY_STEP_DEG / 2
+        while step >= 0.5:  # ties keep the current angle
+            score, deg = max([(score, deg), quick(deg - step), quick(deg + step)], key=_first)
+            step /= 2
+        guess = turned(best[1], axis, deg)
+        polished, fitness, rmse = icp(src, tgt, guess, voxel, max_distance)
+        delta = polished @ invert_rigid(guess)
+        slid = float(np.degrees(Rotation.from_matrix(delta[:3, :3]).as_rotvec() @ axis[0]))
+        score, agreement, chance, violation = judge(polished, fitness)
+        found = (score, polished, fitness, rmse, agreement, chance, violation)
+        back = turned(polished, axis, -slid)
+        result = reg.evaluate_registration(src.cloud, tgt.cloud, 1.5 * voxel, back)
+        fitness, rmse = float(result.fitness), float(result.inlier_rmse)
+        score, agreement, chance, violation = judge(back, fitness)
+        if score > SYMMETRY_MARGIN * found[0]:  # ICP slid off what the colour had found
+            found = (score, back, fitness, rmse, agreement, chance, violation)
+        # Only a clearly better, clearly different turn replaces the first alignment: near
+        # the right one the overlap can grow a little by sliding a few degrees (a banana),
+        # and a shape that does constrain the turn (a spout) is left to ICP.
+        change = found[1] @ invert_rigid(first)
+        angle = float(np.degrees(Rotation.from_matrix(change[:3, :3]).magnitude()))
+        if (
+            found[0] > SYMMETRY_MARGIN * original
+            and found[0] > best[0]
+            and angle >= SYMMETRY_MIN_TURN_DEG
+        ):
+            best = found
+    return best
+
+
+def _first(candidate: tuple[float, float]) -> float:
+    return candidate[0]
 
 
 def optimise_pose_graph(
