@@ -35,6 +35,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=MODALITIES, default="rgbd")
     parser.add_argument("--out", required=True, help="output folder, e.g. results/NAME")
     parser.add_argument("--limit", type=int, default=None, help="first N objects only")
+    parser.add_argument(
+        "--objects",
+        default=None,
+        help="comma-separated object names: only these of the split (e.g. a subset for time)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="views, noise and sampling seed")
     parser.add_argument("--image-size", type=int, default=256, help="rendered views (pixels)")
     parser.add_argument("--resolution", type=int, default=96, help="backend voxels per side")

@@ -55,6 +55,7 @@ class EvalConfig:
     views: ViewSpec = field(default_factory=ViewSpec)
     out: Path = Path("results/eval")
     limit: int | None = None
+    objects: tuple[str, ...] | None = None  # only these names of the split
     seed: int = 0
     resolution: int = 96
     points: int = 100_000
@@ -83,6 +84,8 @@ class EvalConfig:
         ]  # fmt: skip
         if self.limit is not None:
             args += ["--limit", str(self.limit)]
+        if self.objects:
+            args += ["--objects", ",".join(self.objects)]
         defaults = EvalConfig()
         for flag, value, default in (
             ("--image-size", v.image_size, defaults.views.image_size),
@@ -156,6 +159,11 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
     config.validate()
     _prepare_out(config)
     objects = load_dataset(config.dataset, config.split, config.limit, config.seed)
+    if config.objects:
+        unknown = sorted(set(config.objects) - {o.name for o in objects})
+        if unknown:
+            raise ValueError(f"--objects: not in {config.dataset} {config.split}: {unknown}")
+        objects = [o for o in objects if o.name in config.objects]
     (config.out / "config.json").write_text(
         json.dumps(
             {"command": config.command(), **asdict(config), "out": str(config.out)},
@@ -246,6 +254,7 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         views=views,
         out=config.out,
         refine_poses=stored.get("refine_poses", "off"),
+        objects=tuple(stored["objects"]) if stored.get("objects") else None,
     )
     return write_report(original, rows, elapsed)
 
@@ -289,6 +298,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         ),
         out=Path(args.out),
         limit=args.limit,
+        objects=tuple(n.strip() for n in args.objects.split(",") if n.strip())
+        if getattr(args, "objects", None)
+        else None,
         seed=args.seed,
         resolution=args.resolution,
         points=args.points,
