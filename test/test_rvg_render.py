@@ -301,3 +301,38 @@ def test_view_loss_terms_absent_without_targets():
     rendering = render(SDFField(sphere_sdf()), cam)
     loss = view_loss(rendering, View(camera=cam), LossConfig())
     assert loss.total.item() == 0.0
+
+
+def test_field_from_sparse_blocks():
+    """The fine stage's output (k^3 sub-voxel samples per active coarse voxel) assembled into a
+    dense field: the blocks land where they belong, the rest takes the fill, the render matches
+    the dense field's and gradients reach the blocks."""
+    coarse, k = 8, 6
+    dense = sphere_sdf(res=coarse * k)
+    colour = torch.rand(3, coarse * k, coarse * k, coarse * k)
+    both = torch.cat([dense[None], colour])
+    # Active: coarse voxels the surface passes through (|SDF| at the centre < the half diagonal).
+    centre_sdf = dense[k // 2 :: k, k // 2 :: k, k // 2 :: k]
+    coords = torch.nonzero(centre_sdf.abs() < 0.9 / coarse)
+    blocks = torch.stack(
+        [
+            both[:, i * k : (i + 1) * k, j * k : (j + 1) * k, m * k : (m + 1) * k]
+            for i, j, m in coords
+        ]
+    ).requires_grad_(True)
+    inside = torch.where(centre_sdf < 0, -1.0 / coarse, 1.0 / coarse)
+    field = SDFField.from_blocks(coords, blocks, coarse, inside)
+    active = torch.zeros(coarse, coarse, coarse, dtype=torch.bool)
+    active[tuple(coords.T)] = True
+    active_fine = active.repeat_interleave(k, 0).repeat_interleave(k, 1).repeat_interleave(k, 2)
+    assert torch.equal(field.sdf[active_fine], dense[active_fine])
+    assert torch.equal(field.colour[:, active_fine], colour[:, active_fine])
+    assert set(field.sdf[~active_fine].unique().tolist()) == {-1.0 / coarse, 1.0 / coarse}
+
+    cam = camera_in_cube(INTRINSICS, look_at(CUBE.center + EYES[0], CUBE.center), CUBE)
+    a = render(field, cam)
+    b = render(SDFField(dense, colour), cam)
+    sil_a, sil_b = a.silhouette > 0.5, b.silhouette > 0.5
+    assert (sil_a & sil_b).sum() / (sil_a | sil_b).sum() > 0.99
+    (a.silhouette.sum() + a.colour.sum()).backward()
+    assert torch.isfinite(blocks.grad).all() and blocks.grad.abs().sum() > 0

@@ -80,6 +80,43 @@ class SDFField:
     def resolution(self) -> int:
         return int(self.sdf.shape[-1])
 
+    @classmethod
+    def from_blocks(
+        cls,
+        coords: torch.Tensor,
+        blocks: torch.Tensor,
+        resolution: int,
+        fill: float | torch.Tensor,
+    ) -> SDFField:
+        """A dense field from the fine stage's sparse output, differentiably in ``blocks``.
+
+        ``coords`` (M, 3) integer indices of active voxels of a ``resolution``^3 coarse grid;
+        ``blocks`` (M, C, k, k, k) per active voxel: C = 1 (SDF) or 4 (SDF + colour), sampled
+        at the centres of its k^3 sub-voxels, so the dense grid is (resolution * k)^3 with the
+        same voxel-centre convention. Inactive voxels take ``fill``: a scalar or a per-voxel
+        (resolution,)*3 SDF value, e.g. +1/resolution outside and -1/resolution for voxels
+        known to be inside (the surface lies in active voxels, so that is where it stays).
+        Inactive voxels get colour 0.
+        """
+        m, c, k = blocks.shape[0], blocks.shape[1], blocks.shape[-1]
+        fine = resolution * k
+        fill_t = torch.as_tensor(fill, dtype=blocks.dtype, device=blocks.device)
+        if fill_t.dim() == 3:
+            fill_t = fill_t.repeat_interleave(k, 0).repeat_interleave(k, 1).repeat_interleave(k, 2)
+        dense = torch.zeros(c, fine, fine, fine, dtype=blocks.dtype, device=blocks.device)
+        dense[0] = fill_t
+        # Flat index of every sub-voxel of every block, then one out-of-place index_put.
+        sub = torch.arange(k, device=blocks.device)
+        offsets = torch.stack(torch.meshgrid(sub, sub, sub, indexing="ij"), dim=-1).view(-1, 3)
+        idx = (coords.long()[:, None] * k + offsets[None]).reshape(-1, 3)  # (M k^3, 3)
+        flat = (idx[:, 0] * fine + idx[:, 1]) * fine + idx[:, 2]
+        values = blocks.reshape(m, c, -1).permute(1, 0, 2).reshape(c, -1)
+        dense = dense.view(c, -1).index_put(
+            (torch.arange(c, device=blocks.device)[:, None], flat[None]), values
+        )
+        dense = dense.view(c, fine, fine, fine)
+        return cls(sdf=dense[0], colour=dense[1:] if c > 1 else None)
+
 
 @dataclass
 class Rendering:
