@@ -209,7 +209,8 @@ def test_eval_command_writes_reports_and_is_deterministic(tmp_path: Path) -> Non
     with open(out / "per_object.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
-    for key in ("chamfer_l2_unit", "f@0.1_unit", "f@0.005", "completeness_unseen", "psnr"):
+    keys = ("chamfer_l2_unit", "f@0.1_unit", "f@0.005", "completeness_unseen", "accuracy_visible")
+    for key in (*keys, "psnr"):
         assert all(r[key] != "" for r in rows), key
     summary = (out / "summary.md").read_text()
     assert "F@0.1" in summary and "compl. unseen" in summary and "rvg-ros eval" in summary

@@ -146,6 +146,23 @@ def test_seen_unseen_split():
     assert m.completeness == pytest.approx(expected)
 
 
+def test_visible_split_of_the_prediction():
+    # A seen cap reproduced exactly, plus a generated blob 4 mm off the seen surface: the
+    # GT-side split counts the blob as seen-surface error, the prediction-side one does not.
+    gt = sample_surface(_sphere(0.05), 20_000, seed=0)
+    seen = gt[:, 2] > 0
+    cap = gt[seen][:5000]
+    blob = gt[seen][5000:6000] * (1.0 + 0.004 / 0.05)
+    pred = np.concatenate([cap, blob])
+    visible = np.arange(len(pred)) < len(cap)
+    m = point_metrics(pred, gt, radii=(0.005,), gt_seen=seen, pred_visible=visible)
+    assert m.accuracy_visible == pytest.approx(0.0, abs=1e-9)
+    assert m.accuracy_hidden == pytest.approx(0.004, abs=2e-4)
+    assert m.accuracy_seen == pytest.approx(0.004 / 6, abs=2e-4)
+    with pytest.raises(ValueError):
+        point_metrics(pred, gt, pred_visible=visible[:-1])
+
+
 def test_evaluate_returns_both_metric_families():
     gt, pred = _sphere(0.05), _sphere(0.05, center=(0.008, 0.0, 0.0))
     out = evaluate(pred, gt, n_points=20_000)

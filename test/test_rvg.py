@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rvg_ros.core.target import make_capture_set
+from rvg_ros.rvg.decode import measured_over
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
 from rvg_ros.rvg.model import ModelConfig, RVGModel, WeightsError
 from rvg_ros.rvg.prior import (
@@ -185,6 +186,34 @@ def test_cfg_scale_one_equals_the_conditional_prediction() -> None:
     assert torch.allclose(unconditional, -torch.ones_like(unconditional), atol=1e-4)
 
 
+def test_sampling_can_start_from_a_noised_prior() -> None:
+    shape = (1, 1, 4, 4, 4)
+    prior = torch.full(shape, -1.0)
+
+    def still(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    # Without motion the sample is exactly the SDEdit start: (1 - t) prior + t noise.
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    start = sample_flow(
+        still, shape, 5, 1.0, torch.Generator().manual_seed(3), x_start=prior, t_start=0.25
+    )
+    torch.testing.assert_close(start, 0.75 * prior + 0.25 * noise)
+    # t_start = 1 is the paper's sampler, whatever the prior.
+    plain = sample_flow(_toy_velocity, shape, 6, 1.0, torch.Generator().manual_seed(3))
+    ignored = sample_flow(
+        _toy_velocity, shape, 6, 1.0, torch.Generator().manual_seed(3), x_start=prior
+    )
+    torch.testing.assert_close(plain, ignored)
+    # The exact velocity still reaches its target from a prior that disagrees with it.
+    moved = sample_flow(
+        _toy_velocity, shape, 6, 1.0, torch.Generator().manual_seed(3), x_start=prior, t_start=0.5
+    )
+    assert torch.allclose(moved, torch.ones_like(moved), atol=1e-4)
+    with pytest.raises(ValueError, match="t_start"):
+        sample_flow(still, shape, 5, 1.0, torch.Generator(), x_start=prior, t_start=0.0)
+
+
 def test_model_sampling_is_deterministic_end_to_end() -> None:
     torch.manual_seed(0)
     model = RVGModel(TINY).eval()
@@ -238,3 +267,20 @@ def test_weights_round_trip_and_clear_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(WeightsError, match="does not match"):
         RVGModel.load(tensors_path)
+
+
+def test_measured_surface_gets_a_thin_wall_then_the_generator_decides() -> None:
+    # One row of voxels along a camera ray: free in front of the surface (tsdf > 0), the TSDF
+    # band behind it (tsdf < 0, 4 voxels), then nothing measured. The generator says "empty"
+    # everywhere (a thin wall), or "full" (a solid).
+    tsdf = np.array([1.0, 0.75, 0.5, 0.25, 0.0, -0.25, -0.5, -0.75, -1.0, 1.0, 1.0])
+    weight = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=np.float32)
+    empty, full = np.full(11, 0.8), np.full(11, -0.8)
+    wall = measured_over(tsdf, weight, empty, min_wall=0.5)  # 2 of the 4 band voxels
+    assert list(wall[:4]) == list(tsdf[:4])  # in front: the measurement, whatever is generated
+    # The back of the wall is 2 voxels behind the surface, then the generated "empty".
+    assert np.all(wall[4:6] <= 0) and wall[6] == 0 and np.all(wall[7:] > 0)
+    solid = measured_over(tsdf, weight, full, min_wall=0.5)
+    assert np.all(solid[4:] <= 0)
+    band = measured_over(tsdf, weight, empty, min_wall=1.0)  # the whole band (the old rule)
+    assert band[4] == band[8] == 0 and np.all(band[5:8] < 0) and np.all(band[9:] > 0)

@@ -47,6 +47,11 @@ class SurfaceMetrics:
     completeness_unseen: float | None = None
     accuracy_seen: float | None = None
     accuracy_unseen: float | None = None
+    # Split of the *prediction* by what an input camera sees of it (when a test is given):
+    # the accuracy of the reconstructed surface the cameras could check, which excludes
+    # generated surface that merely lies near seen GT (that counts in ``accuracy_seen``).
+    accuracy_visible: float | None = None
+    accuracy_hidden: float | None = None
 
     def to_dict(self, suffix: str = "") -> dict[str, float]:
         """Flat ``name -> float`` (radii folded into names, e.g. ``f@0.005``), for CSV rows."""
@@ -130,10 +135,12 @@ def point_metrics(
     radii: Sequence[float] = (0.005, 0.01),
     completeness_radius: float = 0.005,
     gt_seen: np.ndarray | None = None,
+    pred_visible: np.ndarray | None = None,
 ) -> SurfaceMetrics:
     """Metrics between two point samples. ``gt_seen`` (bool per GT point) adds the
     seen/unseen split: completeness over each part of the GT, and accuracy of the predicted
-    points whose nearest GT point lies in each part."""
+    points whose nearest GT point lies in each part. ``pred_visible`` (bool per predicted
+    point) adds the accuracy of the predicted points an input camera sees, and of the rest."""
     pred = np.asarray(pred_points, dtype=np.float64).reshape(-1, 3)
     gt = np.asarray(gt_points, dtype=np.float64).reshape(-1, 3)
     if len(gt) == 0:
@@ -177,6 +184,12 @@ def point_metrics(
         pred_seen = seen[nearest_gt] if len(pred) else np.zeros(0, dtype=bool)
         metrics.accuracy_seen = _mean_or_none(d_pred[pred_seen])
         metrics.accuracy_unseen = _mean_or_none(d_pred[~pred_seen])
+    if pred_visible is not None:
+        visible = np.asarray(pred_visible, dtype=bool).reshape(-1)
+        if visible.shape != (len(pred),):
+            raise ValueError(f"pred_visible has {visible.shape[0]} entries for {len(pred)} points")
+        metrics.accuracy_visible = _mean_or_none(d_pred[visible])
+        metrics.accuracy_hidden = _mean_or_none(d_pred[~visible])
     return metrics
 
 
@@ -196,16 +209,19 @@ def mesh_metrics(
     n_points: int = 100_000,
     seed: int = 0,
     gt_seen: Callable[[np.ndarray], np.ndarray] | None = None,
+    pred_visible: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SurfaceMetrics:
     """Metrics in the shapes' own units (metres for rvg_ros). ``gt_seen`` maps GT surface
     points to a bool "some input view saw this" mask (e.g. a visibility test against the
-    input cameras)."""
+    input cameras); ``pred_visible`` does the same for points of the prediction (tested
+    against the predicted surface)."""
     gt_pts = sample_surface(gt, n_points, seed)
     # A different stream for the prediction, so identical meshes are not sampled identically
     # (that would make every distance exactly zero and hide sampling effects).
     pred_pts = sample_surface(pred, n_points, seed + 1)
     seen = gt_seen(gt_pts) if gt_seen is not None else None
-    return point_metrics(pred_pts, gt_pts, radii, completeness_radius, seen)
+    visible = pred_visible(pred_pts) if pred_visible is not None and len(pred_pts) else None
+    return point_metrics(pred_pts, gt_pts, radii, completeness_radius, seen, visible)
 
 
 def normalise_to_unit_cube(gt: Shape) -> np.ndarray:
@@ -260,11 +276,19 @@ def evaluate(
     metric_radii: Sequence[float] = (0.005, 0.01),
     unit_radii: Sequence[float] = (0.05, 0.1),
     gt_seen: Callable[[np.ndarray], np.ndarray] | None = None,
+    pred_visible: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Both metric families in one flat dict: metre-scale keys as ``to_dict`` names them, and
     unit-cube keys with a ``_unit`` suffix (``chamfer_l2_unit``, ``f@0.1_unit``...)."""
     metric = mesh_metrics(
-        pred, gt, metric_radii, min(metric_radii), n_points, seed, gt_seen=gt_seen
+        pred,
+        gt,
+        metric_radii,
+        min(metric_radii),
+        n_points,
+        seed,
+        gt_seen=gt_seen,
+        pred_visible=pred_visible,
     )
     unit = unit_cube_metrics(pred, gt, unit_radii, n_points, seed)
     out = metric.to_dict()

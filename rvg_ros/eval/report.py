@@ -47,6 +47,7 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("completeness_unseen", "compl. unseen"),
         Column("accuracy_seen", "acc. seen (mm)", 1000.0, 2, False),
         Column("accuracy_unseen", "acc. unseen (mm)", 1000.0, 2, False),
+        Column("accuracy_visible", "acc. visible (mm)", 1000.0, 2, False),
     ),
     "Held-out views and confidence": (
         Column("psnr", "PSNR (dB)", 1.0, 2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import trimesh
 
@@ -54,6 +56,17 @@ class GroundTruth:
         )
 
 
+def _visible_in_inputs(
+    mesh: Mesh, capture: RenderedCapture
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Which points of the predicted surface an input camera (true pose) sees, by the same
+    test as the GT's seen split, run against the prediction itself."""
+    if mesh.is_empty:
+        return None
+    surface = trimesh.Trimesh(mesh.vertices, mesh.triangles, process=False)
+    return seen_by_views(surface, capture.true_poses, capture.intrinsics)
+
+
 def score_reconstruction(
     result: Reconstruction, truth: GroundTruth, n_points: int, seed: int
 ) -> dict[str, float]:
@@ -70,6 +83,7 @@ def score_reconstruction(
             metric_radii=METRIC_RADII,
             unit_radii=UNIT_RADII,
             gt_seen=truth.seen,
+            pred_visible=_visible_in_inputs(mesh, truth.capture),
         )
     )
     row.update(

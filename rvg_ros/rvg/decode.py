@@ -9,12 +9,18 @@ closed surface whose seen part is as accurate as fusion.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates
+from scipy.ndimage import binary_fill_holes, gaussian_filter, map_coordinates
 from skimage.measure import marching_cubes
 
 from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS, integrate_tsdf
 from rvg_ros.core.backends.hull import carve
 from rvg_ros.core.types import Frame, TargetCube
+
+# Thickness (fine voxels) a measured surface is given behind it before the generated
+# occupancy decides. The whole TSDF band by default: on YCB dev (4 one-sided RGB-D views)
+# 2 voxels gave thinner bowl and mug walls but lost unseen completeness (0.879 vs 0.892)
+# and F@0.05 (0.966 vs 0.967) over the 18 objects.
+MIN_WALL_VOXELS = TRUNCATION_VOXELS
 
 
 def lattice(cube: TargetCube, voxel: float) -> tuple[np.ndarray, int]:
@@ -59,6 +65,23 @@ def dense_tsdf(
     return dense_t, dense_w
 
 
+def measured_over(
+    tsdf: np.ndarray, weight: np.ndarray, fallback: np.ndarray, min_wall: float
+) -> np.ndarray:
+    """The measured TSDF where it is trustworthy, ``fallback`` elsewhere (all normalised by
+    the truncation).
+
+    In front of a measured surface the TSDF is the truth (the ray passed there). Behind it, a
+    camera knows only that the surface has *some* thickness: the field is inside for
+    ``min_wall`` (normalised; 1 = the whole band, 4 voxels) and then the generated
+    ``fallback`` decides. Space another camera saw empty is carved after this (see
+    ``decode_surface``), so the band cannot fill it.
+    """
+    measured = weight > 0
+    behind = np.minimum(fallback, -tsdf - min_wall)
+    return np.where(measured, np.where(tsdf >= 0, tsdf, behind), fallback)
+
+
 def decode_surface(
     occupancy: np.ndarray,
     cube: TargetCube,
@@ -68,6 +91,7 @@ def decode_surface(
     device: str = "cpu",
     hint_frames: list[Frame] | None = None,
     support_plane: np.ndarray | None = None,
+    min_wall_voxels: float = MIN_WALL_VOXELS,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
     (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
@@ -83,16 +107,20 @@ def decode_surface(
         coarse_voxel = cube.side / occupancy.shape[0]
         generated_sdf = (0.5 - generated) * coarse_voxel / (TRUNCATION_VOXELS * voxel)
         sdf = np.clip(generated_sdf, -1.0, 1.0)
+        min_wall = min_wall_voxels / TRUNCATION_VOXELS
         if hint_frames:
             hint_tsdf, hint_weight = dense_tsdf(hint_frames, origin, size, voxel, device)
-            sdf = np.where(hint_weight > 0, hint_tsdf, sdf)
+            sdf = measured_over(hint_tsdf, hint_weight, sdf, min_wall)
         # What the real views saw as free (outside a silhouette, or in front of the measured
         # surface beyond the TSDF band) at the fine resolution: the coarse occupancy would
-        # otherwise bulge up to a coarse voxel past the silhouettes' edges.
+        # otherwise bulge up to a coarse voxel past the silhouettes' edges. Applied after the
+        # measurements: the band behind one view's surface used to override what another
+        # view saw empty (bowl walls a band thick, hammer 0.67 vs 1.02 mm seen accuracy).
         consistent = carve(frames, points, TRUNCATION_VOXELS * voxel, lambda fraction: None)
         smooth = gaussian_filter(consistent.reshape((size,) * 3).astype(np.float32), 0.7)
-        sdf = np.maximum(sdf, np.clip(1.0 - 2.0 * smooth, -1.0, 1.0))
-        sdf = np.where(weight > 0, tsdf, sdf)
+        seen_free = np.clip(1.0 - 2.0 * smooth, -1.0, 1.0)
+        sdf = measured_over(tsdf, weight, sdf, min_wall)
+        sdf = np.maximum(sdf, seen_free)
         if support_plane is not None:
             # Intersect with the half-space above the support: a flat bottom where it rests.
             height = points @ support_plane[:3] + support_plane[3]
@@ -103,6 +131,11 @@ def decode_surface(
         silhouettes = carve(frames, points, None, lambda fraction: None).reshape((size,) * 3)
         inside = np.minimum(gaussian_filter(silhouettes.astype(np.float32), 0.7), generated)
         level = 0.5
+    # A closed cavity inside the object is unobservable (and irrelevant to a grasp): a surface
+    # around one is a double wall, e.g. the generated field thinning out just behind a seen face.
+    solid = inside > level
+    cavity = binary_fill_holes(solid) & ~solid
+    inside = np.where(cavity, max(float(inside.max()), level + 1.0), inside)
     padded = np.pad(inside, 1, mode="constant", constant_values=min(float(inside.min()), level - 1))
     if not (padded.min() < level < padded.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), np.int32), voxel

@@ -40,14 +40,23 @@ def sample_flow(
     generator: torch.Generator,
     device: str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
+    x_start: torch.Tensor | None = None,
+    t_start: float = 1.0,
 ) -> torch.Tensor:
     """Euler integration from t=1 to t=0 with CFG: v = v_u + s (v_c - v_u).
 
     With ``cfg_scale == 1`` only the conditional branch runs (same result, half the cost).
+    With ``x_start`` and ``t_start < 1`` the integration starts at ``t_start`` from
+    ``(1 - t_start) x_start + t_start eps`` (SDEdit): the sample stays near ``x_start`` where
+    the model is unsure, and ``steps`` then counts the steps actually taken.
     """
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     x = torch.randn(shape, generator=generator, device="cpu").to(device)
+    if x_start is not None and t_start < 1.0:
+        x = (1.0 - t_start) * x_start.to(device) + t_start * x
     b = shape[0]
-    times = torch.linspace(1.0, 0.0, steps + 1)
+    times = torch.linspace(t_start, 0.0, steps + 1)
     keep = torch.zeros(b, dtype=torch.bool, device=device)
     for i in range(steps):
         t, t_next = float(times[i]), float(times[i + 1])
