@@ -12,7 +12,14 @@ from skimage.metrics import structural_similarity
 
 from rvg_ros.core.render import MeshRenderer
 from rvg_ros.core.types import Frame, Intrinsics, TargetCube
-from rvg_ros.rvg.render import Camera, RenderConfig, SDFField, camera_in_cube, render
+from rvg_ros.rvg.render import (
+    Camera,
+    RenderConfig,
+    SDFField,
+    camera_in_cube,
+    render,
+    render_views,
+)
 from rvg_ros.rvg.render_loss import (
     LossConfig,
     View,
@@ -132,6 +139,19 @@ def test_surface_window_matches_sampling_the_whole_ray(sdf):
     assert diff.mean() < 0.005 and diff.max() < 0.2  # measured 0.002 and 0.14 (box edges)
     both = (windowed.silhouette > 0.5) & (whole.silhouette > 0.5)
     assert (windowed.depth - whole.depth)[both].abs().mean() * RES < 0.15  # voxels; 0.07
+
+
+def test_views_rendered_together_equal_views_rendered_alone():
+    field = SDFField(sphere_sdf(), torch.rand(3, RES, RES, RES))
+    small = Intrinsics(fx=60.0, fy=60.0, cx=19.5, cy=14.5, width=40, height=30)
+    cams = [camera_in_cube(INTRINSICS, look_at(CUBE.center + e, CUBE.center), CUBE) for e in EYES]
+    cams.append(camera_in_cube(small, look_at(CUBE.center + EYES[0], CUBE.center), CUBE))
+    for together, cam in zip(render_views(field, cams), cams, strict=True):
+        alone = render(field, cam)
+        assert together.silhouette.shape == (cam.height, cam.width)
+        for a, b in [(together.silhouette, alone.silhouette), (together.depth, alone.depth)]:
+            assert torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(together.colour, alone.colour, atol=1e-6)
 
 
 def test_object_filling_the_cube_turns_opaque_where_rays_enter():

@@ -30,6 +30,7 @@ crossing of the SDF inside it, so depth is accurate to well below a sample spaci
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,16 +201,25 @@ def sample_field(field: SDFField, points: torch.Tensor) -> torch.Tensor:
 
 def render(field: SDFField, camera: Camera, config: RenderConfig | None = None) -> Rendering:
     """Render one view of the field (see the module docstring for the method)."""
+    return render_views(field, [camera], config)[0]
+
+
+def render_views(
+    field: SDFField, cameras: Sequence[Camera], config: RenderConfig | None = None
+) -> list[Rendering]:
+    """Render several views of one field: all their rays go through one pass, so the grid is
+    sampled (and its gradient accumulated) once rather than once per view."""
     config = config or RenderConfig()
-    device = field.sdf.device
-    h, w = camera.height, camera.width
-    origins, dirs = camera_rays(camera, device, field.sdf.dtype)
+    device, dtype = field.sdf.device, field.sdf.dtype
+    rays = [camera_rays(c, device, dtype) for c in cameras]
+    origins = torch.cat([o for o, _ in rays])
+    dirs = torch.cat([d for _, d in rays])
     near, far = _cube_entry_exit(origins, dirs)
     hit = far > near
-    silhouette = torch.zeros(h * w, device=device, dtype=field.sdf.dtype)
+    silhouette = torch.zeros(len(origins), device=device, dtype=dtype)
     depth = torch.zeros_like(silhouette)
-    bg = torch.tensor(config.background, device=device, dtype=field.sdf.dtype)
-    colour = bg[:, None].repeat(1, h * w) if field.colour is not None else None
+    bg = torch.tensor(config.background, device=device, dtype=dtype)
+    colour = bg[:, None].repeat(1, len(origins)) if field.colour is not None else None
     if hit.any():
         start, step, active = _surface_window(
             field, origins[hit], dirs[hit], near[hit], far[hit], config
@@ -228,11 +238,19 @@ def render(field: SDFField, camera: Camera, config: RenderConfig | None = None) 
         if colour is not None and colour_hit is not None:
             composited = colour_hit + (1.0 - sil_hit)[None] * bg[:, None]
             colour = colour.masked_scatter(hit[None].expand_as(colour), composited)
-    return Rendering(
-        silhouette=silhouette.view(h, w),
-        depth=depth.view(h, w),
-        colour=None if colour is None else colour.view(3, h, w),
-    )
+    out, first = [], 0
+    for c in cameras:
+        n = c.height * c.width
+        part = slice(first, first + n)
+        first += n
+        out.append(
+            Rendering(
+                silhouette=silhouette[part].view(c.height, c.width),
+                depth=depth[part].view(c.height, c.width),
+                colour=None if colour is None else colour[:, part].view(3, c.height, c.width),
+            )
+        )
+    return out
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rvg_ros.rvg.flow import VelocityFn, sample_flow
-from rvg_ros.rvg.render import RenderConfig, SDFField, render
+from rvg_ros.rvg.render import RenderConfig, SDFField, render_views
 from rvg_ros.rvg.render_loss import LossConfig, View, view_loss
 
 # decode(x0_hat (B, ...)) -> one renderable field per batch item, differentiable in x0_hat.
@@ -58,9 +58,10 @@ def view_losses(
     cfg = config or RVCConfig()
     rows = []
     for f in fields:
+        renders = render_views(f, [v.camera for v in views], cfg.render)
         rows.append(
             torch.stack(
-                [view_loss(render(f, v.camera, cfg.render), v, cfg.loss).total for v in views]
+                [view_loss(r, v, cfg.loss).total for r, v in zip(renders, views, strict=True)]
             )
         )
     return torch.stack(rows)
