@@ -178,9 +178,11 @@ def _estimate(
         if raw.poses and not poses:
             reason = "too few triangulated points with depth to fix the scale"
         candidates["sfm"] = (poses, metric, {i: reason for i in range(n) if i not in poses})
+    ambiguous_share = 0.0
     if with_depth and settings.method in ("auto", "depth"):
         registration = register_depth(frames, seed)
         candidates["depth"] = (registration.poses, True, registration.dropped)
+        ambiguous_share = registration.ambiguous_share
     if not with_depth and settings.method == "depth":
         raise ReconstructionError("pose method 'depth' needs depth in every frame")
     quality: dict[str, float] = {}
@@ -200,6 +202,9 @@ def _estimate(
         if score > best_score + (0.02 if name == "depth" else 0.0):
             best, best_score = name, score
     poses, metric, reasons = candidates[best]
+    if best == "depth":
+        # Pairs whose turn about a round body's axis is unobservable (see DepthRegistration).
+        quality["depth_turn_ambiguous"] = ambiguous_share
     return poses, best, metric, quality, reasons
 
 

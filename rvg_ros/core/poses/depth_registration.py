@@ -63,6 +63,10 @@ SYMMETRY_REFINE = 3
 SYMMETRY_MARGIN = 1.03
 # ... and be turned at least this far from it (degrees).
 SYMMETRY_MIN_TURN_DEG = 10.0
+# A turn is ambiguous when an alignment turned at least ``AMBIGUITY_MIN_DEG`` from the best
+# scores within ``AMBIGUITY`` of it.
+AMBIGUITY = 0.03
+AMBIGUITY_MIN_DEG = 45.0
 
 
 @dataclass
@@ -93,6 +97,9 @@ class PairResult:
     information: np.ndarray
     check_colour: bool = True  # colour and free space (off when refining given poses)
     violation: float = 0.0  # free-space violation, mean of both directions
+    # The overlap, colour and free space judge alignments turned far about the pair's weakly
+    # constrained axis alike: the relative turn is unobservable (a plain bowl).
+    ambiguous_turn: bool = False
 
     @property
     def ok(self) -> bool:
@@ -444,10 +451,11 @@ def _pair(
         if best is None or score > best[0]:
             best = (score, transformation, fitness, rmse, agreement, chance, violation)
     assert best is not None
+    ambiguous = False
     if check_colour and max_change is None:
         axis = symmetry_axis(src, tgt, best[1], voxel)
         if axis is not None:
-            best = _turned_candidates(src, tgt, best, axis, voxel, max_distance, judge)
+            best, ambiguous = _turned_candidates(src, tgt, best, axis, voxel, max_distance, judge)
     _, transformation, fitness, rmse, agreement, chance, violation = best
     if rmse > MAX_RMSE_VOXELS * voxel:
         fitness = 0.0
@@ -459,8 +467,9 @@ def _pair(
     # term keeps the measured relative pose (i.e. the initial one) in those directions.
     info = info + 0.01 * max(float(np.trace(info)) / 6.0, 1.0) * np.eye(6)
     return PairResult(
-        j, i, transformation, fitness, rmse, agreement, chance, info, check_colour, violation
-    )
+        j, i, transformation, fitness, rmse, agreement, chance, info, check_colour, violation,
+        ambiguous,
+    )  # fmt: skip
 
 
 Candidate = tuple[float, np.ndarray, float, float, float, float, float]
@@ -475,10 +484,11 @@ def _turned_candidates(
     voxel: float,
     max_distance: float,
     judge: Callable[[np.ndarray, float], tuple[float, float, float, float]],
-) -> Candidate:
+) -> tuple[Candidate, bool]:
     """The best of ``best`` and the alignments turned about ``axis``: a full turn in coarse
     steps, the most promising refined by halving the step, then polished by ICP (and, as ICP
-    slides freely about such an axis, also the polished one turned back by what ICP turned)."""
+    slides freely about such an axis, also the polished one turned back by what ICP turned).
+    Also whether the turn is ambiguous: a coarse turn far from the best scores as well."""
 
     def quick(deg: float) -> tuple[float, float]:
         guess = turned(best[1], axis, deg)
@@ -487,6 +497,12 @@ def _turned_candidates(
 
     coarse = sorted(
         (quick(float(d)) for d in np.arange(0.0, 360.0 - 1e-6, SYMMETRY_STEP_DEG)), reverse=True
+    )
+    top_score, top_deg = coarse[0]
+    ambiguous = any(
+        score >= (1.0 - AMBIGUITY) * top_score
+        and abs((deg - top_deg + 180.0) % 360.0 - 180.0) >= AMBIGUITY_MIN_DEG
+        for score, deg in coarse[1:]
     )
     original, first = best[0], best[1]
     for score, deg in coarse[:SYMMETRY_REFINE]:
@@ -517,7 +533,7 @@ def _turned_candidates(
             and angle >= SYMMETRY_MIN_TURN_DEG
         ):
             best = found
-    return best
+    return best, ambiguous
 
 
 def _first(candidate: tuple[float, float]) -> float:
@@ -567,6 +583,15 @@ class DepthRegistration:
     pairs: list[PairResult]
     dropped: dict[int, str]
     voxel: float
+
+    @property
+    def ambiguous_share(self) -> float:
+        """Share of the trusted pairs whose relative turn about a round body's axis nothing
+        in the views tells (a plain bowl): the poses are then known only up to such turns,
+        though the surfaces still fit together (the reconstruction in the first camera's frame
+        is right)."""
+        trusted = [p for p in self.pairs if p.ok]
+        return sum(p.ambiguous_turn for p in trusted) / len(trusted) if trusted else 0.0
 
 
 def register_depth(frames: list[Frame], seed: int = 0) -> DepthRegistration:
