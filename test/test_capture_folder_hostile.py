@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,19 @@ def _symlinked_folder(root: Path) -> None:
     _edit(root, _set(0, "file_path", "images/secret.png"))
 
 
+def _png_bomb(root: Path) -> None:
+    """A 150-byte PNG whose header declares 30000 x 30000 pixels (900 MB to decode)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    png += chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    (root / "masks" / "frame_00000.png").write_bytes(png)
+
+
 def _wrong_size(root: Path) -> None:
     _edit(root, _top("w", 64))
 
@@ -105,6 +120,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("garbage image", _garbage_image, "unreadable image"),
     ("unreadable depth", _unreadable_depth, "unreadable image"),
     ("missing mask", _missing_mask, "missing file"),
+    ("decompression bomb", _png_bomb, "image too large"),
     ("size vs intrinsics", _wrong_size, "intrinsics say 64x128"),
     ("huge intrinsics", lambda r: _edit(r, _top("w", 10**9)), "image too large"),
     ("infinite width", lambda r: _edit(r, _top("w", 1e400)), "bad intrinsics"),

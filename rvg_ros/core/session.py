@@ -27,6 +27,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from rvg_ros.core.limits import LimitExceeded, Limits, check_image_size
 from rvg_ros.core.types import Frame, Intrinsics, check_rigid
@@ -151,9 +152,30 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return candidate
 
 
+def _check_image_header(path: Path, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels``, before decoding it: a
+    small compressed file can decode to gigabytes (a decompression bomb). Pillow reads only
+    the header here; formats it does not know are left to OpenCV's own limit (2^30 pixels)."""
+    size = path.stat().st_size
+    if size > 8 * max_pixels:  # more bytes than any uncompressed 16-bit RGBA image of the limit
+        raise SessionError(f"image file too large: {path.name} is {size} bytes")
+    try:
+        with Image.open(path) as header:
+            width, height = header.size
+    except Image.DecompressionBombError as exc:  # Pillow's own limit is above ours
+        raise SessionError(f"{path.name}: image too large ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError):
+        return
+    try:
+        check_image_size(width, height, max_pixels)
+    except LimitExceeded as exc:
+        raise SessionError(f"{path.name}: {exc}") from exc
+
+
 def _read_image(path: Path, flags: int) -> np.ndarray:
     if not path.is_file():
         raise SessionError(f"missing file: {path.name}")
+    _check_image_header(path, Limits().max_image_pixels)
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, flags)
     if image is None:
