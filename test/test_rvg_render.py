@@ -356,3 +356,24 @@ def test_field_from_sparse_blocks():
     assert (sil_a & sil_b).sum() / (sil_a | sil_b).sum() > 0.99
     (a.silhouette.sum() + a.colour.sum()).backward()
     assert torch.isfinite(blocks.grad).all() and blocks.grad.abs().sum() > 0
+
+
+def test_view_from_frame_without_mask_keeps_depth_inside_the_cube_only():
+    """No mask: no silhouette or colour target, and depth only where it lands in the cube
+    (the table behind the object is not the object)."""
+    mesh = metric_mesh(trimesh.creation.icosphere(subdivisions=4, radius=0.28))
+    floor = trimesh.creation.box(extents=[2.0, 2.0, 0.01]).apply_translation(
+        [CUBE.center[0], CUBE.center[1], CUBE.center[2] - 0.4]
+    )
+    k = Intrinsics(fx=120.0, fy=120.0, cx=47.5, cy=47.5, width=96, height=96)
+    c2w = look_at(CUBE.center + EYES[0], CUBE.center)
+    ref = MeshRenderer(trimesh.util.concatenate([mesh, floor])).render(k, c2w)
+    assert (ref.depth > 0).mean() > 0.5  # the floor fills much of the background
+    frame = Frame(rgb=ref.rgb, intrinsics=k, camera_to_world=c2w, depth=ref.depth)
+    view = view_from_frame(frame, CUBE, size=48)
+    assert view.mask is None and view.colour is None
+    on_sphere = render(SDFField(sphere_sdf(centre=(0, 0, 0))), view.camera).silhouette > 0.5
+    kept = view.depth > 0
+    # Target pixels whose block straddles the sphere's outline are dropped by design (0.86).
+    assert (kept & on_sphere).sum() > 0.75 * on_sphere.sum()
+    assert (kept & ~on_sphere).sum() < 0.05 * on_sphere.sum()

@@ -121,7 +121,9 @@ class SDFField:
 
 @dataclass
 class Rendering:
-    """One view. ``depth`` is the opacity-normalised expected z-depth, ~0 where nothing is hit."""
+    """One view. ``depth`` is the expected z-depth of the surface a ray meets, normalised by
+    the opacity (so it means something where the silhouette is high); 0 for rays that pass far
+    from the surface or miss the cube."""
 
     silhouette: torch.Tensor  # (H, W) opacity in [0, 1]
     depth: torch.Tensor  # (H, W) cube units
@@ -323,8 +325,10 @@ def _render_rays(
 
     k = 1.0 / (config.softness_voxels / field.resolution)
     log_phi = F.logsigmoid(k * sdf)
-    # Outside the cube is empty: a virtual sample with Phi = 1 (log 0) just before the entry,
-    # so a ray that enters the cube inside the object still turns opaque there.
+    # A virtual sample with Phi = 1 (log 0) before the window: the ray arrives unoccluded.
+    # At the cube entry that is the definition (outside is empty), so a ray entering the cube
+    # inside the object turns opaque there; in front of a first crossing the whole ray would
+    # have let through Phi(s_0) / Phi(s_entry) ~ Phi(s_0) too, which the first interval gives.
     log_phi = torch.cat([torch.zeros_like(log_phi[:, :1]), log_phi], dim=1)
     # log(1 - alpha_i) = min(log Phi(s_{i+1}) - log Phi(s_i), 0): NeuS's alpha in log space,
     # stable where Phi underflows deep inside the object.
