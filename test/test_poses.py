@@ -61,6 +61,12 @@ def test_unposed_rgbd_folder_recovers_metric_poses(box_views, tmp_path: Path) ->
     err = errors_after_alignment(estimated, list(truth), with_scale=False)
     assert np.median(err[:, 0]) < 0.005 and err[:, 0].max() < 0.01
     assert np.median(err[:, 1]) < 1.0 and err[:, 1].max() < 2.0
+    # In the first camera's frame, put into the world by that camera's true pose, the surface
+    # is where the box is (what the harness reports as f@0.05_unit_first_camera).
+    from rvg_ros.eval.poses import first_camera_score
+
+    box = load_ycb("003_cracker_box").mesh
+    assert first_camera_score(result, truth, box, 5000, 0)["f@0.05_unit_first_camera"] > 0.6
     # The mesh is metric: its size matches the box (in any frame).
     lo, hi = result.bounding_box()
     assert abs(np.linalg.norm(hi - lo) - np.linalg.norm(np.ptp(load_box_bounds(), 0))) < 0.03

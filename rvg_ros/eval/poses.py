@@ -5,6 +5,11 @@ Unposed captures come out in the first camera's frame (and up to scale without d
 are aligned to the truth by the rigid transform (metric) or similarity (up to scale) that best
 maps the estimated cameras onto the true ones, as is usual for pose-free methods. Refined poses
 are in the world frame already: errors are taken as they are and nothing is moved.
+
+The camera alignment spreads a pose error over all cameras. Where the poses are only known up
+to a symmetry of the object (a plain bowl turned about its axis) it misplaces a right surface,
+so metric unposed results are also scored as the user gets them: in the first registered
+camera's frame, put into the world by that camera's true pose (``first_camera_score``).
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import dataclasses
 
 import numpy as np
 
-from rvg_ros.core.geometry import transform_points
+from rvg_ros.core.geometry import invert_rigid, transform_points
+from rvg_ros.core.metrics import evaluate
 from rvg_ros.core.poses import PoseReport
 from rvg_ros.core.poses.align import align_cameras, apply_similarity, pose_difference
 from rvg_ros.core.types import Mesh, PointCloud, Reconstruction
+from rvg_ros.eval.score import UNIT_RADII, canonical_mesh
 
 
 def _moved(result: Reconstruction, sim: np.ndarray) -> Reconstruction:
@@ -65,3 +72,22 @@ def pose_scores(
         }
     )
     return row, result
+
+
+def first_camera_score(
+    result: Reconstruction, true_poses: np.ndarray, truth_mesh: object, n_points: int, seed: int
+) -> dict[str, float]:
+    """F-score@0.05 (unit cube) of a metric unposed ``result`` (still in the first registered
+    camera's frame) moved into the world by that camera's true pose; {} otherwise."""
+    report = result.extras.get("pose_report")
+    if not isinstance(report, PoseReport) or report.frame == "world" or not report.metric_scale:
+        return {}
+    used = [i for i, f in enumerate(report.frames) if f.pose is not None and f.status != "dropped"]
+    if not used or result.mesh.is_empty:
+        return {}
+    first = used[0]
+    moved = _moved(result, true_poses[first] @ invert_rigid(report.frames[first].pose))
+    scores = evaluate(
+        canonical_mesh(moved.mesh), truth_mesh, n_points=n_points, seed=seed, unit_radii=UNIT_RADII
+    )
+    return {"f@0.05_unit_first_camera": float(scores["f@0.05_unit"])}

@@ -35,7 +35,7 @@ from rvg_ros.core.types import ReconstructionError
 from rvg_ros.eval.datasets import EvalObject, load_dataset
 from rvg_ros.eval.grid import GridRow, render_thumbnail, save_grid
 from rvg_ros.eval.options import DEFAULT_BACKENDS
-from rvg_ros.eval.poses import pose_scores
+from rvg_ros.eval.poses import first_camera_score, pose_scores
 from rvg_ros.eval.report import bar_charts, read_csv, summary_markdown, write_csv
 from rvg_ros.eval.scenes import ViewSpec, render_object
 from rvg_ros.eval.score import GroundTruth, score_reconstruction
@@ -195,8 +195,14 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
                 **status,
             }
             if result is not None:
-                pose_row, result = pose_scores(result, capture.true_poses)
+                pose_row, moved = pose_scores(result, capture.true_poses)
                 row.update(pose_row)
+                row.update(
+                    first_camera_score(
+                        result, capture.true_poses, truth.mesh, config.points, config.seed
+                    )
+                )
+                result = moved
                 row.update(score_reconstruction(result, truth, config.points, config.seed))
                 unseen = row.get("completeness_unseen", float("nan"))
                 log(
