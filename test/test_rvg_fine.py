@@ -1,0 +1,425 @@
+"""The fine (structured-latent) stage: targets, decoder, per-view condition, fine flow, training."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from rvg_ros.core.types import Intrinsics, TargetCube
+from rvg_ros.rvg.fine_data import LatentConfig, MeshQuery, active_voxels, fine_targets
+from rvg_ros.rvg.fine_decode import decode_mesh, fine_field, rvc_decoder
+from rvg_ros.rvg.fine_model import FineModel, FineModelConfig, voxel_features
+from rvg_ros.rvg.fine_train import (
+    FineTrainConfig,
+    collate_fine,
+    fine_velocity_fn,
+    loss_weight,
+    rotate_fine_z,
+    sample_latents,
+    train_fine,
+)
+from rvg_ros.rvg.flow import flow_matching_loss
+from rvg_ros.rvg.model import WeightsError
+from rvg_ros.rvg.models.fine_flow import FineFlow
+from rvg_ros.rvg.models.pvc import PerViewCondition
+from rvg_ros.rvg.render import RenderConfig, camera_in_cube, render_views
+from rvg_ros.rvg.render_loss import View
+from rvg_ros.rvg.rvc import RVCConfig, compensate
+from rvg_ros.rvg.train import rotate_z
+
+CENTRE = np.array([0.3, -0.2, 0.5])
+SIDE = 0.2  # metres: targets must come out in fine voxels whatever the cube's size
+RADIUS = 0.06
+COLOUR = (200, 40, 90)
+TINY_LATENT = LatentConfig(resolution=16, sub=2)
+TINY = FineModelConfig(
+    latent=TINY_LATENT,
+    view_size=32,
+    cond_dim=32,
+    encoder_depth=2,
+    pvc_depth=1,
+    pvc_tokens=4,
+    flow_dim=32,
+    flow_depth=2,
+    heads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def sphere() -> tuple[MeshQuery, TargetCube, np.ndarray]:
+    mesh = trimesh.creation.icosphere(subdivisions=5, radius=RADIUS)
+    mesh.apply_translation(CENTRE)
+    mesh.visual = trimesh.visual.ColorVisuals(
+        mesh, vertex_colors=np.tile([*COLOUR, 255], (len(mesh.vertices), 1)).astype(np.uint8)
+    )
+    cube = TargetCube(center=CENTRE + np.array([0.01, 0.0, -0.005]), side=SIDE)
+    # Coarse occupancy as the dataset makes it: fraction of 2^3 sub-samples inside.
+    r, s = 32, 2
+    axis = (np.arange(r * s) + 0.5) / (r * s) - 0.5
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1)
+    inside = np.linalg.norm(cube.to_world(grid) - CENTRE, axis=-1) < RADIUS
+    occupancy = inside.reshape(r, s, r, s, r, s).mean(axis=(1, 3, 5)).astype(np.float32)
+    return MeshQuery(mesh), cube, occupancy
+
+
+@pytest.fixture(scope="module")
+def sphere_targets(sphere) -> tuple[np.ndarray, np.ndarray]:
+    query, cube, occupancy = sphere
+    return fine_targets(query, cube, occupancy, LatentConfig())
+
+
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """OpenCV camera-to-world looking from ``eye`` at ``target`` with world z up."""
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    x /= np.linalg.norm(x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
+    """Zero-initialised outputs (adaLN-Zero) would make every invariance test trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+# ----------------------------------------------------------------------------------- targets
+def test_sphere_targets_have_the_right_sign_scale_and_cover_the_surface(
+    sphere, sphere_targets
+) -> None:
+    _, cube, occupancy = sphere
+    config = LatentConfig()
+    coords, latent = sphere_targets
+    assert latent.shape == (len(coords), 67) and 300 < len(coords) < 4000
+    # Sub-voxel centres in cube units, the analytic SDF in fine voxels.
+    k, fine = config.sub, config.fine_resolution
+    sub = np.stack(np.meshgrid(*(np.arange(k),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    unit = ((coords[:, None] * k + sub) + 0.5) / fine - 0.5
+    exact = (np.linalg.norm(cube.to_world(unit) - CENTRE, axis=-1) - RADIUS) / SIDE * fine
+    expected = np.clip(exact / config.clip_voxels, -1, 1)
+    # The icosphere's facets sit at most ~0.02 fine voxels inside the sphere.
+    np.testing.assert_allclose(latent[:, :64], expected, atol=0.03)
+    assert (latent[:, :64] < 0).any() and (latent[:, :64] > 0).any()
+    np.testing.assert_allclose(
+        latent[:, 64:], np.broadcast_to(2 * np.array(COLOUR) / 255 - 1, (len(latent), 3)), atol=0.01
+    )
+    # Every coarse voxel the surface passes through is active.
+    centres = (np.argwhere(np.ones((32,) * 3)) + 0.5) / 32 - 0.5
+    dist = np.abs(np.linalg.norm(cube.to_world(centres) - CENTRE, axis=-1) - RADIUS) / SIDE
+    crossed = {tuple(c) for c in np.argwhere((dist < 0.5 / 32).reshape((32,) * 3))}
+    assert crossed and crossed <= {tuple(c) for c in coords}
+    assert np.array_equal(active_voxels(occupancy), coords)
+
+
+def test_thin_parts_below_half_a_voxel_stay_active() -> None:
+    occupancy = np.zeros((8, 8, 8), np.float32)
+    occupancy[2:6, 2:6, 4] = 0.3  # a plate thinner than a voxel: nothing is >= 0.5
+    active = {tuple(c) for c in active_voxels(occupancy)}
+    assert {(i, j, 4) for i in range(2, 6) for j in range(2, 6)} <= active
+
+
+# ----------------------------------------------------------------------------------- decoder
+def test_decoded_targets_reproduce_the_sphere(sphere, sphere_targets) -> None:
+    _, cube, occupancy = sphere
+    coords, latent = sphere_targets
+    mesh = decode_mesh(coords, latent, occupancy, cube, LatentConfig())
+    fine_voxel = SIDE / 128
+    radial = np.abs(np.linalg.norm(mesh.vertices - CENTRE, axis=1) - RADIUS)
+    assert len(mesh.vertices) > 1000
+    # Metric, in the world frame. Where the surface clips the corner of an inactive voxel
+    # (diagonal to the shell) the fill (-+1 coarse voxel) bends it by under half a fine voxel.
+    assert np.percentile(radial, 99) < 0.05 * fine_voxel
+    assert radial.max() < 0.5 * fine_voxel
+    # Closed and complete: the sphere's points all have a vertex nearby (Chamfer both ways).
+    from scipy.spatial import cKDTree
+
+    points = trimesh.creation.icosphere(subdivisions=4, radius=RADIUS).vertices + CENTRE
+    assert cKDTree(mesh.vertices).query(points)[0].max() < fine_voxel
+    assert mesh.is_watertight
+    assert np.abs(mesh.visual.vertex_colors[:, :3].astype(int) - COLOUR).max() <= 3
+    # The fine field beats the coarse grid's resolution: 4x finer voxels.
+    assert LatentConfig().fine_resolution == 4 * 32
+
+
+def test_fine_field_is_differentiable_and_rvc_runs_on_it(sphere, sphere_targets) -> None:
+    _, cube, occupancy = sphere
+    config = LatentConfig()
+    coords, latent = (torch.from_numpy(a) for a in sphere_targets)
+    occ = torch.from_numpy(occupancy)
+    x = latent.clone().requires_grad_()
+    field = fine_field(coords, x, occ, config)
+    assert field.sdf.shape == (128,) * 3 and field.colour.shape == (3, 128, 128, 128)
+    (field.sdf.square().sum() + field.colour.sum()).backward()
+    assert torch.isfinite(x.grad).all() and (x.grad != 0).any()
+    # RVC: the targets rendered are the views; an offset latent is pulled back towards them.
+    k = Intrinsics(40.0, 40.0, 15.5, 15.5, 32, 32)
+    cams = [
+        camera_in_cube(
+            k, look_at(cube.center + 0.4 * np.array([np.cos(a), np.sin(a), 0.5]), cube.center), cube
+        )
+        for a in (0.0, 2.0)
+    ]
+    render = RenderConfig(coarse_samples=64)
+    with torch.no_grad():
+        renders = render_views(fine_field(coords, latent, occ, config), cams, render)
+    views = [
+        View(c, r.silhouette, r.depth * (r.silhouette > 0.5), r.colour)
+        for c, r in zip(cams, renders, strict=True)
+    ]
+    decode = rvc_decoder([coords], [occ], config)
+    offset = latent.clone()
+    offset[:, :64] += 0.3  # shrink the sphere by ~1 fine voxel
+    v = torch.randn(1, len(coords), 67, generator=torch.Generator().manual_seed(0))
+    t = 0.3
+    x_t = offset[None] + t * v  # so x0_hat = x_t - t v = offset
+    # The raw gradient (normalise=False): rescaled to |v|, all of the correction lands on the
+    # few latents near the visible surface and lambda 0.1 overshoots (see docs/rvg.md).
+    rvc = RVCConfig(render=render, strength=20.0, normalise=False)
+    v_new, step = compensate(x_t, t, v, decode, views, rvc)
+    assert step is not None and torch.isfinite(v_new).all()
+    assert (step.after < 0.95 * step.before).all()
+
+
+def test_rotation_augmentation_rotates_the_dense_field(sphere, sphere_targets) -> None:
+    _, _, occupancy = sphere
+    config = LatentConfig()
+    coords, latent = sphere_targets
+    occ = torch.from_numpy(occupancy)
+    dense = fine_field(torch.from_numpy(coords), torch.from_numpy(latent), occ, config).sdf
+    for k in (1, 3):
+        rc, rl = rotate_fine_z(coords, latent, k, config)
+        rocc = torch.from_numpy(rotate_z(occupancy, k))
+        rotated = fine_field(torch.from_numpy(rc), torch.from_numpy(rl), rocc, config).sdf
+        assert torch.equal(rotated, torch.from_numpy(rotate_z(dense.numpy(), k)))
+
+
+# ------------------------------------------------------------------------------------ models
+def _flow_inputs(n: int = 40, b: int = 2, v: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = TINY.flow_config()
+    x = torch.randn(b, n, cfg.channels, generator=g)
+    t = torch.rand(b, generator=g)
+    coords = torch.randint(0, cfg.resolution, (b, n, 3), generator=g)
+    feats = torch.rand(b, n, 4, generator=g)
+    ctx = torch.randn(b, v, TINY.pvc_tokens, cfg.context_dim, generator=g)
+    return x, t, coords, feats, ctx
+
+
+def test_pvc_gives_one_token_list_per_view_from_that_view_alone() -> None:
+    torch.manual_seed(0)
+    pvc = PerViewCondition(dim=32, depth=2, heads=2, num_tokens=4)
+    tokens = torch.randn(2, 3, 16, 32)
+    out = pvc(tokens)
+    assert out.shape == (2, 3, 4, 32)
+    changed = tokens.clone()
+    changed[0, 1] += 1.0  # only view 1 of item 0
+    diff = (pvc(changed) - out).abs().amax(dim=(2, 3))
+    assert diff[0, 1] > 1e-3 and diff[0, 0] == 0 and diff[0, 2] == 0 and diff[1].max() == 0
+
+
+def test_fine_flow_shapes_padding_and_permutation() -> None:
+    torch.manual_seed(0)
+    flow = FineFlow(TINY.flow_config())
+    _randomise(flow)
+    flow.eval()
+    x, t, coords, feats, ctx = _flow_inputs()
+    with torch.no_grad():
+        v = flow(x, t, coords, feats, ctx)
+        assert v.shape == x.shape and v.abs().mean() > 1e-3
+        # Padded tokens (any content) leave the real tokens' outputs unchanged.
+        extra = 7
+        g = torch.Generator().manual_seed(1)
+
+        def pad(a: torch.Tensor) -> torch.Tensor:
+            junk = 5 * torch.randn(a.shape[0], extra, *a.shape[2:], generator=g)
+            return torch.cat([a, junk.to(a.dtype)], dim=1)
+
+        token_padding = torch.zeros(2, 40 + extra, dtype=torch.bool)
+        token_padding[:, 40:] = True
+        v_pad = flow(
+            pad(x),
+            t,
+            pad(coords.float()).long().clamp(0, 15),
+            pad(feats),
+            ctx,
+            token_padding=token_padding,
+        )
+        torch.testing.assert_close(v_pad[:, :40], v, atol=1e-5, rtol=1e-5)
+        # An absent view (any content) changes nothing either.
+        ctx_pad = torch.cat([ctx, torch.randn(2, 1, *ctx.shape[2:], generator=g)], dim=1)
+        view_padding = torch.zeros(2, 4, dtype=torch.bool)
+        view_padding[:, 3] = True
+        v_view = flow(x, t, coords, feats, ctx_pad, view_padding=view_padding)
+        torch.testing.assert_close(v_view, v, atol=1e-5, rtol=1e-5)
+        # Permuting the voxels permutes the outputs: the set has no order.
+        perm = torch.randperm(40, generator=g)
+        v_perm = flow(x[:, perm], t, coords[:, perm], feats[:, perm], ctx)
+        torch.testing.assert_close(v_perm, v[:, perm], atol=1e-5, rtol=1e-5)
+        # The views matter.
+        assert (flow(x, t, coords, feats, ctx + 1.0) - v).abs().max() > 1e-3
+
+
+def _tiny_batch(seed: int = 0, n: tuple[int, ...] = (30, 22)) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    r, c = TINY_LATENT.resolution, TINY_LATENT.channels
+    items = []
+    for m in n:
+        coords = rng.choice(r**3, m, replace=False)
+        coords = np.stack(np.unravel_index(coords, (r,) * 3), axis=1)
+        # A learnable target: the latent is a smooth function of the position.
+        p = (coords + 0.5) / r - 0.5
+        latent = np.tanh(np.concatenate([p @ rng.normal(size=(3, c - 3)) * 2, p], 1))
+        items.append(
+            {
+                "coords": coords,
+                "latent": latent.astype(np.float32),
+                "evidence": rng.integers(0, 3, (r,) * 3).astype(np.uint8),
+                "occupancy": rng.random((r,) * 3).astype(np.float32),
+                "views": rng.normal(size=(3, 12, 32, 32)).astype(np.float32),
+            }
+        )
+    return collate_fine(items)
+
+
+def test_model_velocity_and_sampling_are_deterministic_and_padding_safe() -> None:
+    torch.manual_seed(0)
+    model = FineModel(TINY)
+    _randomise(model)
+    batch = _tiny_batch()
+    assert batch["token_mask"].sum(1).tolist() == [30, 22]
+    a = sample_latents(model, batch, steps=3, cfg=2.0, seed=5)
+    b = sample_latents(model, batch, steps=3, cfg=2.0, seed=5)
+    c = sample_latents(model, batch, steps=3, cfg=2.0, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # The second item alone gives the same velocity as in the padded batch.
+    cond = model.per_view_condition(batch["views"], batch["view_mask"])
+    x = torch.randn(batch["latent"].shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.4)
+    with torch.no_grad():
+        v = fine_velocity_fn(model, batch, cond)(x, t, torch.zeros(2, dtype=torch.bool))
+        alone = {k: val[1:2] for k, val in batch.items()}
+        alone = {
+            k: val[:, :22] if k in ("latent", "coords", "features", "token_mask") else val
+            for k, val in alone.items()
+        }
+        v1 = fine_velocity_fn(model, alone, cond[1:2])(
+            x[1:2, :22], t[:1], torch.zeros(1, dtype=torch.bool)
+        )
+        torch.testing.assert_close(v1, v[1:2, :22], atol=1e-5, rtol=1e-5)
+        dropped = fine_velocity_fn(model, batch, cond)(x, t, torch.ones(2, dtype=torch.bool))
+        assert (dropped - v).abs().max() > 1e-4  # the null condition is a different condition
+
+
+def test_voxel_features_read_the_coarse_grids() -> None:
+    evidence = torch.zeros(4, 4, 4, dtype=torch.uint8)
+    occupancy = torch.zeros(4, 4, 4)
+    evidence[1, 2, 3], occupancy[1, 2, 3] = 2, 0.7
+    f = voxel_features(torch.tensor([[1, 2, 3], [0, 0, 0]]), evidence, occupancy)
+    assert f.tolist() == [[0, 0, 1, 1], [1, 0, 0, 0]]
+
+
+def test_fine_flow_loss_falls_on_a_tiny_overfit() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = FineModel(TINY)
+    batch = _tiny_batch()
+    config = FineTrainConfig(colour_weight=1.0)
+    weight = loss_weight(batch, config, TINY_LATENT.sdf_channels)
+    no_drop = torch.zeros(2, dtype=torch.bool)
+
+    def loss(seed: int) -> torch.Tensor:
+        cond = model.per_view_condition(batch["views"], batch["view_mask"])
+        return flow_matching_loss(
+            fine_velocity_fn(model, batch, cond),
+            batch["latent"],
+            no_drop,
+            weight,
+            torch.Generator().manual_seed(seed),
+        )
+
+    with torch.no_grad():
+        before = np.mean([loss(1000 + i).item() for i in range(4)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(80):
+        opt.zero_grad()
+        loss(step).backward()
+        opt.step()
+    with torch.no_grad():
+        after = np.mean([loss(1000 + i).item() for i in range(4)])
+    assert after < 0.6 * before, (before, after)
+
+
+def test_weights_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FineModel(TINY)
+    _randomise(model)
+    model.save(tmp_path / "w.safetensors")
+    loaded = FineModel.load(tmp_path / "w.safetensors")
+    assert loaded.config == TINY
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    FineModel(replace(TINY, flow_depth=1)).save(tmp_path / "other.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(WeightsError):
+        FineModel.load(tmp_path / "bad.safetensors")
+    with pytest.raises(WeightsError):
+        FineModel.load(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------- training
+def _write_pair(coarse: Path, fine: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    r = TINY_LATENT.resolution
+    occupancy = np.zeros((r,) * 3, np.float32)
+    lo, hi = rng.integers(3, 6), rng.integers(10, 13)
+    occupancy[lo:hi, lo:hi, lo:hi] = 1.0
+    coords = active_voxels(occupancy)
+    p = (coords + 0.5) / r - 0.5
+    latent = np.tanh(np.concatenate([np.repeat(p, 3, axis=1)[:, :8] * 3, p], 1))
+    arrays = {"seed": np.array(seed)}
+    fine_arrays = {"seed": np.array(seed), "sub": np.array(TINY_LATENT.sub)}
+    for m in ("rgbd", "rgb"):
+        arrays[f"{m}_evidence"] = rng.integers(0, 3, (r,) * 3).astype(np.uint8)
+        arrays[f"{m}_occupancy"] = occupancy
+        arrays[f"{m}_views"] = rng.normal(size=(3, 12, 32, 32)).astype(np.float16)
+        fine_arrays[f"{m}_coords"] = coords.astype(np.int16)
+        fine_arrays[f"{m}_latent"] = latent.astype(np.float16)
+    np.savez(coarse / f"{seed:08d}.npz", **arrays)
+    np.savez(fine / f"{seed:08d}.npz", **fine_arrays)
+
+
+def test_training_runs_resumes_exactly_and_validates(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "coarse" / split).mkdir(parents=True)
+        (tmp_path / "fine" / split).mkdir(parents=True)
+        for seed in range(3 if split == "train" else 1):
+            _write_pair(tmp_path / "coarse" / split, tmp_path / "fine" / split, seed)
+    config = FineTrainConfig(
+        steps=4,
+        batch=2,
+        warmup=1,
+        log_every=2,
+        checkpoint_every=2,
+        validate_every=4,
+        val_samples=1,
+        val_steps=2,
+        init_encoder="",
+    )
+    args = (tmp_path / "coarse", tmp_path / "fine")
+    whole = train_fine(*args, tmp_path / "whole", config, TINY)
+    train_fine(*args, tmp_path / "split", replace(config, steps=2), TINY)
+    resumed = train_fine(*args, tmp_path / "split", config, TINY)
+    a, b = FineModel.load(whole), FineModel.load(resumed)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=k)
+    assert (tmp_path / "whole" / "loss.csv").read_text().count("\n") == 3
+    assert "sdf_mae_voxels" in (tmp_path / "whole" / "val.csv").read_text()
