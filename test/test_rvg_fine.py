@@ -14,10 +14,10 @@ from rvg_ros.core.types import Intrinsics, TargetCube
 from rvg_ros.rvg.fine_data import LatentConfig, MeshQuery, active_voxels, fine_targets
 from rvg_ros.rvg.fine_decode import decode_mesh, fine_field, rvc_decoder
 from rvg_ros.rvg.fine_model import FineModel, FineModelConfig, voxel_features
+from rvg_ros.rvg.fine_sample import FineSampleConfig, fine_velocity_fn, sample_fine
 from rvg_ros.rvg.fine_train import (
     FineTrainConfig,
     collate_fine,
-    fine_velocity_fn,
     loss_weight,
     rotate_fine_z,
     sample_latents,
@@ -317,6 +317,39 @@ def test_model_velocity_and_sampling_are_deterministic_and_padding_safe() -> Non
         torch.testing.assert_close(v1, v[1:2, :22], atol=1e-5, rtol=1e-5)
         dropped = fine_velocity_fn(model, batch, cond)(x, t, torch.ones(2, dtype=torch.bool))
         assert (dropped - v).abs().max() > 1e-4  # the null condition is a different condition
+
+
+def test_sample_fine_for_one_object_with_and_without_rvc() -> None:
+    torch.manual_seed(0)
+    model = FineModel(TINY)
+    _randomise(model)
+    model.eval()
+    r = TINY_LATENT.resolution
+    occupancy = np.zeros((r,) * 3, np.float32)
+    occupancy[5:11, 5:11, 4:12] = 1.0
+    evidence = np.zeros((r,) * 3, np.uint8)
+    views = np.random.default_rng(0).normal(size=(3, 12, 32, 32)).astype(np.float32)
+    plain = FineSampleConfig(steps=6, cfg_scale=3.0, seed=1)  # t < 0.5 twice
+    a = sample_fine(model, occupancy, evidence, views, plain)
+    assert a.latent.shape == (len(a.coords), TINY_LATENT.channels) and len(a.coords) > 50
+    assert torch.equal(a.latent, sample_fine(model, occupancy, evidence, views, plain).latent)
+    # RVC at strength 0 is plain sampling, exactly; at 0.1 it reports per-view losses.
+    cube = TargetCube(np.zeros(3), 1.0)
+    k = Intrinsics(30.0, 30.0, 11.5, 11.5, 24, 24)
+    cams = [
+        camera_in_cube(k, look_at(np.array([1.5, 0.3 * i, 0.8]), np.zeros(3)), cube)
+        for i in range(2)
+    ]
+    mask = torch.zeros(24, 24)
+    mask[6:18, 6:18] = 1.0  # a box-like silhouette: a loss with a gradient
+    views_r = [View(c, mask) for c in cams]
+    off = replace(plain, rvc=RVCConfig(strength=0.0, render=RenderConfig(coarse_samples=32)))
+    b = sample_fine(model, occupancy, evidence, views, off, views_r)
+    assert torch.equal(a.latent, b.latent) and not b.rvc_steps
+    on = replace(off, rvc=replace(off.rvc, strength=0.1, max_view_loss=10.0))
+    c = sample_fine(model, occupancy, evidence, views, on, views_r)
+    assert len(c.rvc_steps) == 2 and c.rvc_steps[0].before.shape == (1, 2)
+    assert not torch.equal(a.latent, c.latent)
 
 
 def test_voxel_features_read_the_coarse_grids() -> None:

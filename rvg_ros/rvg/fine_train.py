@@ -27,7 +27,8 @@ import torch
 
 from rvg_ros.rvg.fine_data import LatentConfig, generate_fine
 from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig, voxel_features
-from rvg_ros.rvg.flow import VelocityFn, flow_matching_loss, sample_flow
+from rvg_ros.rvg.fine_sample import fine_velocity_fn
+from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
 from rvg_ros.rvg.train import (
     _append_csv,
     learning_rate,
@@ -156,31 +157,6 @@ def paired_files(coarse_root: Path, fine_root: Path) -> list[tuple[Path, Path]]:
 
 
 # --------------------------------------------------------------------------- model pieces
-def fine_velocity_fn(
-    model: FineModel, batch: dict[str, torch.Tensor], condition: torch.Tensor
-) -> VelocityFn:
-    """Closure for the flow code; repeats the conditions when CFG doubles the batch."""
-
-    def velocity(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        reps = x.shape[0] // batch["coords"].shape[0]
-
-        def rep(a: torch.Tensor) -> torch.Tensor:
-            return a.repeat(reps, *([1] * (a.dim() - 1)))
-
-        return model.velocity(
-            x,
-            t,
-            rep(batch["coords"]),
-            rep(batch["features"]),
-            rep(condition),
-            rep(batch["view_mask"]),
-            rep(batch["token_mask"]),
-            drop,
-        )
-
-    return velocity
-
-
 def loss_weight(batch: dict[str, torch.Tensor], config: FineTrainConfig, sdf: int) -> torch.Tensor:
     """(B, N, C): 0 on padded tokens, ``colour_weight`` on the colour channels."""
     w = batch["token_mask"][..., None].float().expand_as(batch["latent"]).clone()
