@@ -131,6 +131,7 @@ def test_refinement_corrects_an_offset_and_rejects_an_outrageous_one(box_views) 
     assert after[0] < 0.3 * before[0] and after[1] < 0.3 * before[1]
     assert report.frames[2].correction_m > 0.5 * before[0]
     assert len(used) == 5
+    assert "hand_eye_m" not in report.quality  # one frame off is no constant offset
     # Off (the default): the given poses are used as they are.
     _, plain = prepare_poses(posed, PoseSettings())
     assert plain.method == "given"
@@ -184,3 +185,26 @@ def test_round_body_turned_about_its_axis_is_rejected_and_recovered(name: str) -
     pair = dr._pair(0, 1, clouds, [wrong], voxel, 2 * voxel)
     metres, degrees = pose_difference(true_rel, pair.transformation)
     assert pair.ok and degrees < 2.0 and metres < 0.01
+
+
+def test_refinement_estimates_and_removes_a_constant_hand_eye_offset(box_views) -> None:
+    """Every TF pose carries the same camera-frame error (2 degrees, 1 cm): refinement finds it
+    from the TF vs registered motions (A Y = Y B) and the poses come back to the truth."""
+    from scipy.spatial.transform import Rotation
+
+    frames, truth = box_views
+    offset = np.eye(4)
+    offset[:3, :3] = Rotation.from_rotvec(np.radians(2.0) * np.array([0.6, -0.8, 0.0])).as_matrix()
+    offset[:3, 3] = [0.006, 0.0, -0.008]
+    posed = [
+        Frame(f.rgb, f.intrinsics, truth[i] @ offset, f.depth, f.mask, f.stamp)
+        for i, f in enumerate(frames)
+    ]
+    used, report = prepare_poses(posed, PoseSettings(refine="on"))
+    assert report.method == "refined" and len(used) == len(frames)
+    assert abs(report.quality["hand_eye_m"] - 0.01) < 0.003
+    assert abs(report.quality["hand_eye_deg"] - 2.0) < 0.5
+    errors = np.array(
+        [pose_difference(f.camera_to_world, t) for f, t in zip(used, truth, strict=True)]
+    )
+    assert np.median(errors[:, 0]) < 0.003 and np.median(errors[:, 1]) < 0.5

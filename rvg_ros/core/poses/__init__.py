@@ -31,6 +31,7 @@ from rvg_ros.core.geometry import invert_rigid
 from rvg_ros.core.poses.align import (
     align_cameras,
     apply_similarity,
+    pose_difference,
     robust_scale,
     similarity_matrix,
 )
@@ -225,6 +226,10 @@ def prepare_poses(
             )
             method = "refined"
             final = refined.poses
+            if refined.hand_eye is not None:
+                # A constant camera offset was found and removed (see refine.py).
+                metres, degrees = pose_difference(np.eye(4), refined.hand_eye)
+                quality = {"hand_eye_m": metres, "hand_eye_deg": degrees}
             for i, (metres, deg) in refined.corrections.items():
                 report[i].correction_m, report[i].correction_deg = metres, deg
             for i in posed:
@@ -257,8 +262,11 @@ def prepare_poses(
             if posed:
                 for i in posed:
                     reasons.setdefault(i, "its given pose cannot be related to the estimated ones")
-            final, first = _to_first_camera(estimated)
-            frame_name = f"first camera (frame {first})"
+            if estimated:
+                final, first = _to_first_camera(estimated)
+                frame_name = f"first camera (frame {first})"
+            else:  # nothing registered: every frame is dropped with its reason (below)
+                final, frame_name = {}, "none"
             posed = []
         for i in range(len(frames)):
             if i not in final:

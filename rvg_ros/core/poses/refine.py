@@ -1,7 +1,17 @@
 """Refine given camera poses (TF) against each other on the depth: pairwise ICP started from
 the given relative poses, a pose graph over the pairs, and the result put back where the given
 poses were on average (the graph only knows relative poses). A frame whose correction exceeds
-the bound, or whose depth agrees with no other frame near its given pose, is rejected."""
+the bound, or whose depth agrees with no other frame near its given pose, is rejected.
+
+A constant camera offset (a hand-eye calibration that is off: every TF pose is the true one
+times the same error ``X``) is not averaged away by that. It is estimated instead: the motions
+between TF poses ``A`` and the registered ones ``B`` obey ``A Y = Y B`` with ``Y = X^-1``
+(hand-eye calibration, Park and Martin 1994), solved linearised about the identity with a
+little damping, so motions the views do not excite (turns about a single axis) stay
+uncorrected. It is applied only when it explains most of the disagreement between the TF and
+the registered motions (random per-frame TF errors fit no constant offset) and stays within
+the correction bounds.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial.transform import Rotation
 
 from rvg_ros.core.geometry import invert_rigid
 from rvg_ros.core.poses.align import align_cameras, apply_similarity, pose_difference
@@ -29,6 +40,87 @@ class Refinement:
     corrections: dict[int, tuple[float, float]]  # metres, degrees (every frame with a result)
     rejected: dict[int, str]
     pairs: list[PairResult]
+    # The constant camera offset found and removed (camera-frame error of every TF pose), or
+    # None when the TF errors are not explained by one.
+    hand_eye: np.ndarray | None = None
+
+
+# Hand-eye estimation: damping (share of the largest eigenvalue of the normal equations), the
+# share of the TF-vs-registered motion disagreement it must remove (both in rotation and
+# translation), and Gauss-Newton steps.
+HAND_EYE_DAMPING = 1e-4
+HAND_EYE_MIN_EXPLAINED = 0.6
+HAND_EYE_STEPS = 3
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def _damped_solve(m: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    normal = m.T @ m
+    damping = HAND_EYE_DAMPING * max(float(np.linalg.eigvalsh(normal).max()), 1e-12)
+    return np.linalg.solve(normal + damping * np.eye(normal.shape[0]), m.T @ rhs)
+
+
+def motion_disagreement(
+    tf_motions: list[np.ndarray], measured: list[np.ndarray], y: np.ndarray
+) -> tuple[float, float]:
+    """RMS (metres, degrees) of ``A Y`` vs ``Y B`` over the motion pairs."""
+    errors = np.array(
+        [pose_difference(a @ y, y @ b) for a, b in zip(tf_motions, measured, strict=True)]
+    )
+    return float(np.sqrt(np.mean(errors[:, 0] ** 2))), float(np.sqrt(np.mean(errors[:, 1] ** 2)))
+
+
+def estimate_hand_eye(tf_motions: list[np.ndarray], measured: list[np.ndarray]) -> np.ndarray:
+    """``Y`` (4x4) with ``A_k Y = Y B_k`` for the TF motions ``A`` and the registered ``B``,
+    damped towards the identity."""
+    y = np.eye(4)
+    for _ in range(HAND_EYE_STEPS):
+        # Rotation: log(R_A) = R_Y log(R_B); linearised, R_Y = exp(d) R0:
+        # a - R0 b = d x (R0 b) = -[R0 b]x d.
+        rows, rhs = [], []
+        for a, b in zip(tf_motions, measured, strict=True):
+            alpha = Rotation.from_matrix(a[:3, :3]).as_rotvec()
+            beta = y[:3, :3] @ Rotation.from_matrix(b[:3, :3]).as_rotvec()
+            rows.append(-_skew(beta))
+            rhs.append(alpha - beta)
+        d = _damped_solve(np.concatenate(rows), np.concatenate(rhs))
+        y[:3, :3] = Rotation.from_rotvec(d).as_matrix() @ y[:3, :3]
+    # Translation: (R_A - I) t_Y = R_Y t_B - t_A.
+    m = np.concatenate([a[:3, :3] - np.eye(3) for a in tf_motions])
+    pairs = zip(tf_motions, measured, strict=True)
+    rhs = np.concatenate([y[:3, :3] @ b[:3, 3] - a[:3, 3] for a, b in pairs])
+    y[:3, 3] = _damped_solve(m, rhs)
+    return y
+
+
+def _hand_eye_offset(
+    initial: dict[int, np.ndarray],
+    optimised: dict[int, np.ndarray],
+    nodes: list[int],
+    max_correction_m: float,
+    max_correction_deg: float,
+) -> np.ndarray | None:
+    """``Y`` when a constant camera offset explains the TF errors (see module), else None."""
+    if len(nodes) < 3:
+        return None
+    tf_motions, measured = [], []
+    for a, i in enumerate(nodes):
+        for j in nodes[a + 1 :]:
+            tf_motions.append(invert_rigid(initial[i]) @ initial[j])
+            measured.append(invert_rigid(optimised[i]) @ optimised[j])
+    y = estimate_hand_eye(tf_motions, measured)
+    before = motion_disagreement(tf_motions, measured, np.eye(4))
+    after = motion_disagreement(tf_motions, measured, y)
+    metres, degrees = pose_difference(np.eye(4), y)
+    explained = all(
+        b > 0 and (b - a) / b >= HAND_EYE_MIN_EXPLAINED for b, a in zip(before, after, strict=True)
+    )
+    if not explained or metres > max_correction_m or degrees > max_correction_deg:
+        return None
+    return y
 
 
 def refine_given(
@@ -86,14 +178,21 @@ def refine_given(
             )
     corrections: dict[int, tuple[float, float]] = {}
     poses: dict[int, np.ndarray] = {}
+    hand_eye: np.ndarray | None = None
     if len(connected) >= 2:
         # Express the graph relative to the first connected camera, optimise, then put the
         # cameras back where the given poses are on average.
         ref = connected[0]
         rel = {i: invert_rigid(initial[ref]) @ initial[i] for i in connected}
         optimised = optimise_pose_graph(n, pairs, rel, voxel, reference=ref)
+        hand_eye = _hand_eye_offset(
+            initial, optimised, connected, max_correction_m, max_correction_deg
+        )
+        anchors = {
+            i: initial[i] @ (hand_eye if hand_eye is not None else np.eye(4)) for i in connected
+        }
         back = align_cameras(
-            [optimised[i] for i in connected], [initial[i] for i in connected], with_scale=False
+            [optimised[i] for i in connected], [anchors[i] for i in connected], with_scale=False
         )
         for i in connected:
             refined = apply_similarity(back, optimised[i])
@@ -108,4 +207,10 @@ def refine_given(
                 poses[i] = refined
     elif len(connected) == 1:
         poses[connected[0]] = initial[connected[0]]
-    return Refinement(poses=poses, corrections=corrections, rejected=rejected, pairs=pairs)
+    return Refinement(
+        poses=poses,
+        corrections=corrections,
+        rejected=rejected,
+        pairs=pairs,
+        hand_eye=invert_rigid(hand_eye) if hand_eye is not None else None,
+    )
