@@ -456,3 +456,34 @@ def test_training_runs_resumes_exactly_and_validates(tmp_path: Path) -> None:
         torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=k)
     assert (tmp_path / "whole" / "loss.csv").read_text().count("\n") == 3
     assert "sdf_mae_voxels" in (tmp_path / "whole" / "val.csv").read_text()
+
+
+def test_fine_samples_extend_part1_samples_deterministically(tmp_path: Path) -> None:
+    from rvg_ros.rvg.dataset import occupancy_grid
+    from rvg_ros.rvg.fine_data import generate_fine
+    from rvg_ros.sim.objects import make_object
+
+    # A part-1 sample needs only its seed, cubes and occupancies here (no renders).
+    seed = 1_000_003
+    obj = make_object(None, seed)
+    cube = TargetCube(center=obj.bounds.mean(axis=0), side=1.4 * obj.extent)
+    occupancy = occupancy_grid(obj, cube, 32, 2)
+    arrays = {"seed": np.array(seed)}
+    for m in ("rgbd", "rgb"):
+        arrays[f"{m}_cube"] = np.array([*cube.center, cube.side])
+        arrays[f"{m}_occupancy"] = occupancy
+    (tmp_path / "coarse").mkdir()
+    np.savez(tmp_path / "coarse" / f"{seed:08d}.npz", **arrays)
+    assert generate_fine(tmp_path / "coarse", tmp_path / "a", LatentConfig()) == 1
+    assert generate_fine(tmp_path / "coarse", tmp_path / "a", LatentConfig()) == 0  # resumes
+    generate_fine(tmp_path / "coarse", tmp_path / "b", LatentConfig())
+    name = f"{seed:08d}.npz"
+    with np.load(tmp_path / "a" / name) as a, np.load(tmp_path / "b" / name) as b:
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        coords, latent = a["rgbd_coords"], a["rgbd_latent"]
+    assert coords.dtype == np.int16 and latent.dtype == np.float16
+    assert latent.shape == (len(coords), 67) and np.abs(latent).max() <= 1.0
+    # Decoded, the stored targets lie on the object's mesh (exact distances, fine voxels).
+    mesh = decode_mesh(coords, latent.astype(np.float32), occupancy, cube, LatentConfig())
+    dist = np.abs(MeshQuery(obj.mesh).signed_distance(mesh.vertices)) / cube.side * 128
+    assert np.percentile(dist, 99) < 0.5 and np.mean(dist) < 0.1
