@@ -487,3 +487,20 @@ def test_fine_samples_extend_part1_samples_deterministically(tmp_path: Path) -> 
     mesh = decode_mesh(coords, latent.astype(np.float32), occupancy, cube, LatentConfig())
     dist = np.abs(MeshQuery(obj.mesh).signed_distance(mesh.vertices)) / cube.side * 128
     assert np.percentile(dist, 99) < 0.5 and np.mean(dist) < 0.1
+
+
+def test_view_encoder_starts_from_the_shipped_part1_encoder() -> None:
+    from safetensors.torch import load_file
+
+    from rvg_ros.rvg.fine_train import init_encoder
+
+    model = FineModel(FineModelConfig())
+    shipped = Path(__file__).resolve().parents[1] / "rvg_ros" / "weights" / "rvg_ss.safetensors"
+    if not shipped.is_file():
+        pytest.skip("no shipped part-1 weights")
+    assert init_encoder(model, "shipped")
+    tensors = load_file(str(shipped))
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, tensors[f"encoder.{k}"]), k
+    assert not init_encoder(FineModel(TINY), "shipped")  # another shape: left as it is
+    assert not init_encoder(model, "")

@@ -63,8 +63,9 @@ class FineTrainConfig:
     val_samples: int = 4
     val_steps: int = 12  # paper's SLAT sampling steps
     threads: int = 1
-    # Start the view encoder from part 1's (same shape); "" to start from scratch.
-    init_encoder: str = "rvg_ros/weights/rvg_ss.safetensors"
+    # Start the view encoder from part 1's (same shape): "shipped" = the weights shipped with
+    # the package, or a path; "" to start from scratch.
+    init_encoder: str = "shipped"
 
 
 # --------------------------------------------------------------------------- data
@@ -231,6 +232,8 @@ def validate(
 
 def init_encoder(model: FineModel, path: str) -> bool:
     """Copy part 1's view encoder into the fine model when the file exists and fits."""
+    if path == "shipped":
+        path = str(Path(__file__).resolve().parents[1] / "weights" / "rvg_ss.safetensors")
     if not path or not Path(path).is_file():
         return False
     from safetensors.torch import load_file
