@@ -107,7 +107,7 @@ def offset_step(t: float = 0.3):
     return x0_hat + t * v, v
 
 
-@pytest.mark.parametrize("normalise, strength", [(True, 0.1), (False, 1e-3)])
+@pytest.mark.parametrize("normalise, strength", [("peak", 0.1), ("rms", 0.1), ("none", 1e-3)])
 def test_compensation_lowers_every_views_loss(normalise, strength):
     x_t, v = offset_step()
     cfg = RVCConfig(strength=strength, normalise=normalise, render=CONFIG.render)
@@ -122,16 +122,16 @@ def test_compensation_lowers_every_views_loss(normalise, strength):
 
 def test_raw_dv_is_the_gradient_with_respect_to_x0_hat():
     x_t, v = offset_step()
-    cfg = RVCConfig(strength=1.0, normalise=False, measure_after=False, render=CONFIG.render)
+    cfg = RVCConfig(strength=1.0, normalise="none", measure_after=False, render=CONFIG.render)
     v_new, _ = compensate(x_t, 0.3, v, decode_grid, VIEWS, cfg)
     x0 = (x_t - 0.3 * v).requires_grad_(True)
     (grad,) = torch.autograd.grad(view_losses(decode_grid(x0), VIEWS, cfg).sum(), x0)
     assert torch.allclose(v_new - v, grad, atol=1e-6)
 
 
-def test_normalised_dv_has_the_rms_of_v():
+def test_rms_normalised_dv_has_the_rms_of_v():
     x_t, v = offset_step()
-    cfg = RVCConfig(strength=1.0, measure_after=False, render=CONFIG.render)
+    cfg = RVCConfig(strength=1.0, normalise="rms", measure_after=False, render=CONFIG.render)
     v_new, _ = compensate(x_t, 0.3, v, decode_grid, VIEWS, cfg)
     assert (v_new - v).pow(2).mean().sqrt().item() == pytest.approx(v.pow(2).mean().sqrt().item())
 

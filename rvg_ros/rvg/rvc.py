@@ -9,16 +9,33 @@ v' = v + lambda dv with dv = dL/dx0_hat (the kept views' summed loss).
 Sign: x0_hat' = x_t - t v' = x0_hat - t lambda dL/dx0_hat, a gradient-descent step on the
 rendering loss; and the Euler step x_{t'} = x_t + (t' - t) v' with t' < t moves x the same way.
 
-``normalise`` (default) rescales dv per sample to the RMS of v before lambda applies: the raw
-gradient's size depends on the decoder, the latent's scale and the image size, so lambda = 0.1
-would mean nothing; rescaled, lambda is the correction's size relative to the velocity.
+``normalise`` sets the correction's scale. The raw gradient's size depends on the decoder, the
+latent's scale and the image size, so lambda = 0.1 would mean nothing; normalised, lambda is the
+correction's size relative to the velocity:
+
+- ``"peak"`` (default): dv = g * rms(v) / g_typ with g_typ = sqrt(sum g^4 / sum g^2), the
+  gradient-energy-weighted RMS of g -- the size of the entries that carry the gradient. Those
+  entries move by about lambda * rms(v); entries with little gradient move proportionally less.
+  Why not the RMS of g over the whole latent: a sparse latent (the fine stage's per-voxel
+  sub-voxel SDF) gets gradient on a few entries only -- those the views see near a silhouette
+  or surface. Measured on the fine sphere: 8 % of the entries are non-zero and 0.03 % carry
+  half of the gradient's energy, so rescaling the *whole* gradient to rms(v) put steps of
+  ~20 rms(v) on those few and lambda = 0.1 raised the loss (0.16 -> 0.29). The RMS over the
+  non-zero entries has the same flaw (the gradient is heavy-tailed). g_typ equals |g| when all
+  entries are alike and ignores entries with negligible gradient, so one lambda works on dense
+  and sparse latents.
+- ``"rms"``: the whole gradient rescaled to rms(v) (dense latents only; kept for comparison).
+- ``"none"``: the raw gradient; lambda then carries the decoder's units.
+
+rms(v) is over each sample's whole latent (padded tokens included: sample a single item or keep
+padding small).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -35,7 +52,8 @@ class RVCConfig:
     strength: float = 0.1  # lambda; 0 turns RVC off (sampling is then exactly sample_flow's)
     t_start: float = 0.5  # compensate only for t < t_start
     max_view_loss: float = 0.8  # views above this per-view total are dropped
-    normalise: bool = True  # dv rescaled to the RMS of v (see the module docstring)
+    # How dv is scaled before lambda applies (module docstring): "peak", "rms" or "none".
+    normalise: Literal["peak", "rms", "none"] = "peak"
     measure_after: bool = True  # also render x0_hat after the correction, for the report
     render: RenderConfig = field(default_factory=RenderConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -67,6 +85,28 @@ def view_losses(
     return torch.stack(rows)
 
 
+def normalised_dv(
+    grad: torch.Tensor, v: torch.Tensor, mode: Literal["peak", "rms", "none"]
+) -> torch.Tensor:
+    """dv from dL/dx0_hat, per sample (first dimension), as ``RVCConfig.normalise`` says."""
+    if mode == "none":
+        return grad
+    dims = tuple(range(1, v.dim()))
+    rms_v = v.pow(2).mean(dim=dims, keepdim=True).sqrt()
+    if mode == "rms":
+        scale = grad.pow(2).mean(dim=dims, keepdim=True).sqrt()
+    elif mode == "peak":
+        # sqrt(sum g^4 / sum g^2), computed on g / max|g| so that g^4 cannot underflow.
+        top = grad.abs().amax(dim=dims, keepdim=True).clamp(min=1e-30)
+        u2 = (grad / top).pow(2)
+        ratio = u2.pow(2).sum(dim=dims, keepdim=True) / u2.sum(dim=dims, keepdim=True)
+        scale = top * ratio.nan_to_num(0.0).sqrt()
+    else:
+        raise ValueError(f"unknown RVC normalisation {mode!r}")
+    # A zero gradient (every view dropped) stays zero.
+    return grad * rms_v / scale.clamp(min=1e-30)
+
+
 def compensate(
     x_t: torch.Tensor,
     t: float,
@@ -85,13 +125,7 @@ def compensate(
         kept = losses.detach() <= cfg.max_view_loss
         # A dropped view contributes nothing; with every view dropped dv is zero.
         (grad,) = torch.autograd.grad((losses * kept).sum(), x0)
-    dv = grad
-    if cfg.normalise:
-        dims = tuple(range(1, v.dim()))
-        rms_v = v.pow(2).mean(dim=dims, keepdim=True).sqrt()
-        rms_g = grad.pow(2).mean(dim=dims, keepdim=True).sqrt()
-        dv = grad * rms_v / rms_g.clamp(min=1e-12)
-    v_new = v + cfg.strength * dv
+    v_new = v + cfg.strength * normalised_dv(grad, v, cfg.normalise)
     after = None
     if cfg.measure_after:
         with torch.no_grad():
