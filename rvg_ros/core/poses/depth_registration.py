@@ -41,6 +41,8 @@ MAX_RMSE_VOXELS = 1.2
 # right alignments agree 0.7-0.92, front-to-back flips of a bottle 0.60-0.66 (about chance).
 MIN_COLOUR_AGREEMENT = 0.8
 MIN_AGREEMENT_OVER_CHANCE = 1.3
+# Colour pairs at random agreeing this often tell nothing (one colour all over).
+INFORMATIVE_CHANCE = 0.9
 # Minimum lifted SIFT matches worth a RANSAC.
 MIN_FEATURE_MATCHES = 8
 # Free-space violation (share of a view's points the other view saw through) that halves a
@@ -117,6 +119,16 @@ class PairResult:
     @property
     def score(self) -> float:
         return candidate_score(self.fitness, self.agreement, self.violation)
+
+    @property
+    def tree_score(self) -> float:
+        """The score with the colour agreement measured above chance (when colour can tell at
+        all): for the spanning tree, where an alike-looking wrong turn must lose to a right
+        pair of smaller overlap."""
+        if self.chance >= INFORMATIVE_CHANCE:
+            return self.score
+        above = np.clip((self.agreement - self.chance) / (1.0 - self.chance), 0.0, 1.0)
+        return candidate_score(self.fitness, float(above), self.violation)
 
 
 def candidate_score(fitness: float, agreement: float, violation: float) -> float:
@@ -611,7 +623,7 @@ def register_depth(frames: list[Frame], seed: int = 0) -> DepthRegistration:
     weight = np.zeros((n, n))
     for p in pairs:
         if p.ok:
-            weight[p.target, p.source] = weight[p.source, p.target] = 2.0 - p.score
+            weight[p.target, p.source] = weight[p.source, p.target] = 2.0 - p.tree_score
     _, labels = connected_components(csr_matrix(weight), directed=False)
     tree = minimum_spanning_tree(csr_matrix(weight)).toarray()
     tree = (tree + tree.T) > 0
