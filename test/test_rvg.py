@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from rvg_ros.core.backends.hull import carve
 from rvg_ros.core.target import make_capture_set
-from rvg_ros.rvg.decode import measured_over
+from rvg_ros.rvg.decode import explain_silhouettes, measured_over
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
 from rvg_ros.rvg.model import ModelConfig, RVGModel, WeightsError
 from rvg_ros.rvg.prior import (
@@ -284,3 +285,25 @@ def test_measured_surface_gets_a_thin_wall_then_the_generator_decides() -> None:
     assert np.all(solid[4:] <= 0)
     band = measured_over(tsdf, weight, empty, min_wall=1.0)  # the whole band (the old rule)
     assert band[4] == band[8] == 0 and np.all(band[5:8] < 0) and np.all(band[9:] > 0)
+
+
+def test_a_generated_shape_that_leaves_a_mask_empty_gets_the_hull_back(sphere_views) -> None:
+    frames, centre, radius = sphere_views
+    frames = frames[:4]
+    axis = np.linspace(-1.3 * radius, 1.3 * radius, 56)
+    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    points = points + centre
+    hull = carve(frames, points, None, lambda fraction: None)
+    # The generator dropped a slab of the sphere that every view sees.
+    dropped = np.abs(points[:, 0] - centre[0]) < 0.3 * radius
+    solid = hull & ~dropped
+    restore = explain_silhouettes(solid, hull, points, frames)
+    assert restore.any() and not np.any(restore & ~hull)
+    assert restore[hull & dropped].mean() > 0.5  # most of the slab comes back
+    assert restore[hull & ~dropped & (np.abs(points[:, 0] - centre[0]) > 0.8 * radius)].mean() < 0.2
+    # Afterwards every view's mask is covered again.
+    for frame in frames:
+        again = explain_silhouettes(solid | restore, hull, points, [frame])
+        assert again.sum() <= 0.01 * restore.sum()
+    # A shape that already explains the masks gets nothing added.
+    assert not explain_silhouettes(hull, hull, points, frames).any()

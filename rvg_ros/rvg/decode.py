@@ -9,11 +9,12 @@ closed surface whose seen part is as accurate as fusion.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_fill_holes, gaussian_filter, map_coordinates
+from scipy.ndimage import binary_dilation, binary_fill_holes, gaussian_filter, map_coordinates
 from skimage.measure import marching_cubes
 
 from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS, integrate_tsdf
 from rvg_ros.core.backends.hull import carve
+from rvg_ros.core.geometry import lookup_pixels, project
 from rvg_ros.core.types import Frame, TargetCube
 
 # Thickness (fine voxels) a measured surface is given behind it before the generated
@@ -82,6 +83,33 @@ def measured_over(
     return np.where(measured, np.where(tsdf >= 0, tsdf, behind), fallback)
 
 
+def explain_silhouettes(
+    solid: np.ndarray, hull: np.ndarray, points: np.ndarray, frames: list[Frame]
+) -> np.ndarray:
+    """Which ``points`` must be added to ``solid`` so that it covers every view's mask again.
+
+    Without depth the silhouettes are the only measurement, and a generated shape whose
+    projection leaves part of a mask empty contradicts one (the generator dropped thin, flat
+    tools lying on the table: the adjustable wrench's CD-L2 went 1.1 -> 105 x10^-3 against
+    the hull). For each mask pixel no solid point projects to, the hull's points on its ray
+    are restored: the hull is the most the silhouettes allow there.
+    """
+    restore = np.zeros(len(points), dtype=bool)
+    for frame in frames:
+        uv, z = project(points, frame.intrinsics, frame.camera_to_world)
+        h, w = frame.mask.shape[:2]
+        covered = np.zeros((h, w), dtype=bool)
+        _, inside = lookup_pixels(covered, uv, (z > 0) & solid)
+        ui = np.floor(uv[inside, 0] + 0.5).astype(np.int64)
+        vi = np.floor(uv[inside, 1] + 0.5).astype(np.int64)
+        covered[vi, ui] = True
+        # Fine voxels project about a pixel apart: close the splat's pinholes first.
+        covered = binary_dilation(covered, iterations=1)
+        unexplained, seen = lookup_pixels(frame.mask.astype(bool) & ~covered, uv, z > 0)
+        restore |= hull & seen & unexplained
+    return restore
+
+
 def decode_surface(
     occupancy: np.ndarray,
     cube: TargetCube,
@@ -128,7 +156,13 @@ def decode_surface(
             sdf = np.maximum(sdf, np.clip(below, -1.0, 1.0))
         inside, level = -sdf, 0.0
     else:
-        silhouettes = carve(frames, points, None, lambda fraction: None).reshape((size,) * 3)
+        hull = carve(frames, points, None, lambda fraction: None)
+        generated = np.where(
+            explain_silhouettes(generated.reshape(-1) > 0.5, hull, points, frames),
+            1.0,
+            generated.reshape(-1),
+        ).reshape((size,) * 3)
+        silhouettes = hull.reshape((size,) * 3)
         inside = np.minimum(gaussian_filter(silhouettes.astype(np.float32), 0.7), generated)
         level = 0.5
     # A closed cavity inside the object is unobservable (and irrelevant to a grasp): a surface
