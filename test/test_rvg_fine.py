@@ -25,7 +25,7 @@ from rvg_ros.rvg.fine_train import (
 )
 from rvg_ros.rvg.flow import flow_matching_loss
 from rvg_ros.rvg.model import WeightsError
-from rvg_ros.rvg.models.fine_flow import FineFlow
+from rvg_ros.rvg.models.fine_flow import FineFlow, patchify
 from rvg_ros.rvg.models.pvc import PerViewCondition
 from rvg_ros.rvg.render import RenderConfig, camera_in_cube, render_views
 from rvg_ros.rvg.render_loss import View
@@ -271,7 +271,10 @@ def _flow_inputs(n: int = 40, b: int = 2, v: int = 3, seed: int = 0):
     cfg = TINY.flow_config()
     x = torch.randn(b, n, cfg.channels, generator=g)
     t = torch.rand(b, generator=g)
-    coords = torch.randint(0, cfg.resolution, (b, n, 3), generator=g)
+    # Distinct voxels per item (active voxels are), from a 6^3 corner so that cells share
+    # voxels and the patch tokens are more than one voxel each.
+    flat = torch.stack([torch.randperm(6**3, generator=g)[:n] for _ in range(b)])
+    coords = torch.stack([flat // 36, (flat // 6) % 6, flat % 6], dim=-1)
     feats = torch.rand(b, n, 4, generator=g)
     ctx = torch.randn(b, v, TINY.pvc_tokens, cfg.context_dim, generator=g)
     return x, t, coords, feats, ctx
@@ -289,9 +292,10 @@ def test_pvc_gives_one_token_list_per_view_from_that_view_alone() -> None:
     assert diff[0, 1] > 1e-3 and diff[0, 0] == 0 and diff[0, 2] == 0 and diff[1].max() == 0
 
 
-def test_fine_flow_shapes_padding_and_permutation() -> None:
+@pytest.mark.parametrize("patch", [2, 1])
+def test_fine_flow_shapes_padding_and_permutation(patch: int) -> None:
     torch.manual_seed(0)
-    flow = FineFlow(TINY.flow_config())
+    flow = FineFlow(replace(TINY.flow_config(), patch=patch))
     _randomise(flow)
     flow.eval()
     x, t, coords, feats, ctx = _flow_inputs()
@@ -323,7 +327,8 @@ def test_fine_flow_shapes_padding_and_permutation() -> None:
         view_padding[:, 3] = True
         v_view = flow(x, t, coords, feats, ctx_pad, view_padding=view_padding)
         torch.testing.assert_close(v_view, v, atol=1e-5, rtol=1e-5)
-        # Permuting the voxels permutes the outputs: the set has no order.
+        # Permuting the voxels permutes the outputs: the set has no order (the cells, i.e. the
+        # tokens, are formed and ordered from the coordinates, not from the voxel order).
         perm = torch.randperm(40, generator=g)
         v_perm = flow(x[:, perm], t, coords[:, perm], feats[:, perm], ctx)
         torch.testing.assert_close(v_perm, v[:, perm], atol=1e-5, rtol=1e-5)
@@ -331,13 +336,54 @@ def test_fine_flow_shapes_padding_and_permutation() -> None:
         assert (flow(x, t, coords, feats, ctx + 1.0) - v).abs().max() > 1e-3
 
 
+def test_patchify_groups_voxels_into_cells_whatever_their_order() -> None:
+    coords = torch.tensor(
+        [
+            [[0, 0, 0], [1, 1, 0], [2, 0, 0], [5, 5, 5], [3, 1, 1]],
+            [[4, 4, 4], [7, 7, 7], [0, 0, 0], [0, 0, 0], [0, 0, 0]],
+        ]
+    )
+    padding = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    cells = patchify(coords, padding, patch=2, span=4)
+    # Item 0: cells (0,0,0) (with 2 voxels), (1,0,0) (with 2), (2,2,2); item 1: 2 cells.
+    assert cells.coords.shape == (2, 3, 3)
+    assert cells.coords[0].tolist() == [[0, 0, 0], [1, 0, 0], [2, 2, 2]]
+    assert cells.coords[1, :2].tolist() == [[2, 2, 2], [3, 3, 3]]
+    assert cells.padding.tolist() == [[False, False, False], [False, False, True]]
+    assert cells.cell[0].tolist() == [0, 0, 1, 2, 1]
+    assert cells.cell[1].tolist() == [0, 1, 3, 3, 3]  # padded voxels -> the spare slot
+    # Cell and place give the voxel back.
+    b = torch.arange(2)[:, None].expand(2, 5)
+    sub = torch.stack([cells.place // 4, (cells.place // 2) % 2, cells.place % 2], dim=-1)
+    real = ~padding
+    rebuilt = 2 * cells.coords[b, cells.cell.clamp(max=2)] + sub
+    assert torch.equal(rebuilt[real], coords[real])
+    # Another voxel order: the same cells, and every voxel in the same cell and place.
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    again = patchify(coords[:1, perm], None, patch=2, span=4)
+    assert torch.equal(again.coords, cells.coords[:1])
+    assert torch.equal(again.cell, cells.cell[:1, perm])
+    assert torch.equal(again.place, cells.place[:1, perm])
+
+
+def test_patch_tokens_are_fewer_than_voxels_on_a_real_shell(sphere) -> None:
+    _, _, occupancy = sphere
+    coords = torch.from_numpy(active_voxels(occupancy))[None]
+    cells = patchify(coords, None, patch=2, span=16)
+    ratio = coords.shape[1] / cells.coords.shape[1]
+    assert ratio > 3.5, ratio  # 4.5 on average over procedural objects
+
+
 def _tiny_batch(seed: int = 0, n: tuple[int, ...] = (30, 22)) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     r, c = TINY_LATENT.resolution, TINY_LATENT.channels
     items = []
     for m in n:
-        coords = rng.choice(r**3, m, replace=False)
-        coords = np.stack(np.unravel_index(coords, (r,) * 3), axis=1)
+        # Part of the shell of a box, as active voxels come: cells hold several voxels.
+        box = np.zeros((r,) * 3, np.float32)
+        lo = rng.integers(2, 5, 3)
+        box[lo[0] : lo[0] + 6, lo[1] : lo[1] + 6, lo[2] : lo[2] + 6] = 1.0
+        coords = active_voxels(box)[:m]
         # A learnable target: the latent is a smooth function of the position.
         p = (coords + 0.5) / r - 0.5
         latent = np.tanh(np.concatenate([p @ rng.normal(size=(3, c - 3)) * 2, p], 1))

@@ -41,6 +41,10 @@ class FineModelConfig:
     flow_dim: int = 128
     flow_depth: int = 4
     heads: int = 4
+    # Voxels per flow token and axis (2: 2^3 cells, ~4.5 active voxels per token; see
+    # models/fine_flow.py); 1 is the first version's one token per voxel.
+    flow_patch: int = 2
+    flow_voxel_dim: int = 128
 
     @classmethod
     def from_dict(cls, d: dict) -> FineModelConfig:
@@ -56,6 +60,8 @@ class FineModelConfig:
             depth=self.flow_depth,
             heads=self.heads,
             context_dim=self.cond_dim,
+            patch=self.flow_patch,
+            voxel_dim=self.flow_voxel_dim,
         )
 
 
