@@ -203,6 +203,13 @@ def _estimate(
         if score > best_score + (0.02 if name == "depth" else 0.0):
             best, best_score = name, score
     poses, metric, reasons = candidates[best]
+    if len(poses) < 2 and len(candidates) > 1:
+        # Nothing usable: say why each method failed, not only the one kept.
+        reasons = {
+            i: "; ".join(c[2][i] for c in candidates.values() if i in c[2])
+            for i in range(n)
+            if i not in poses
+        }
     if best == "depth":
         # Pairs whose turn about a round body's axis is unobservable (see DepthRegistration).
         quality["depth_turn_ambiguous"] = ambiguous_share
