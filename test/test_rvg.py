@@ -280,11 +280,12 @@ def test_measured_surface_gets_a_thin_wall_then_the_generator_decides() -> None:
     wall = measured_over(tsdf, weight, empty, min_wall=0.5)  # 2 of the 4 band voxels
     assert list(wall[:4]) == list(tsdf[:4])  # in front: the measurement, whatever is generated
     # The back of the wall is 2 voxels behind the surface, then the generated "empty".
-    assert np.all(wall[4:6] <= 0) and wall[6] == 0 and np.all(wall[7:] > 0)
+    assert np.all(wall[4:6] <= 0) and np.all(wall[6:] > 0)
+    assert list(wall[4:6]) == list(tsdf[4:6])  # measured values: the crossing stays put
     solid = measured_over(tsdf, weight, full, min_wall=0.5)
     assert np.all(solid[4:] <= 0)
     band = measured_over(tsdf, weight, empty, min_wall=1.0)  # the whole band (the old rule)
-    assert band[4] == band[8] == 0 and np.all(band[5:8] < 0) and np.all(band[9:] > 0)
+    assert band[4] == 0 and np.all(band[5:8] < 0) and np.all(band[8:] > 0)
 
 
 def test_a_generated_shape_that_leaves_a_mask_empty_gets_the_hull_back(sphere_views) -> None:

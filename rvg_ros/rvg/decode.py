@@ -78,9 +78,10 @@ def measured_over(
     ``fallback`` decides. Space another camera saw empty is carved after this (see
     ``decode_surface``), so the band cannot fill it.
     """
-    measured = weight > 0
-    behind = np.minimum(fallback, -tsdf - min_wall)
-    return np.where(measured, np.where(tsdf >= 0, tsdf, behind), fallback)
+    # The measured values themselves within the wall, so the zero crossing (interpolated by
+    # marching cubes between the voxels on either side) stays exactly where fusion puts it.
+    wall = (weight > 0) & (tsdf > -min_wall)
+    return np.where(wall, tsdf, fallback)
 
 
 def explain_silhouettes(
