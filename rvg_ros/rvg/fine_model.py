@@ -9,17 +9,15 @@ encoder's shape (``ModelConfig`` defaults), so training can start from the part-
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rvg_ros.rvg.fine_data import LatentConfig
-from rvg_ros.rvg.model import WeightsError
+from rvg_ros.rvg.model import WeightsError, load_checked, read_weights, save_weights
 from rvg_ros.rvg.models.encoder import MultiViewEncoder
 from rvg_ros.rvg.models.fine_flow import FineFlow, FineFlowConfig
 from rvg_ros.rvg.models.pvc import PerViewCondition
@@ -120,33 +118,14 @@ class FineModel(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        meta = {"config": json.dumps(asdict(self.config)), **(metadata or {})}
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata=meta)
+        save_weights(self, self.config, path, metadata)
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> FineModel:
         """Build the model a weights file describes; WeightsError with the reason otherwise."""
-        path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path), device=device)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"corrupt or unreadable weights file {path}: {exc}") from exc
+        meta, tensors = read_weights(path, device)
         try:
             config = FineModelConfig.from_dict(json.loads(meta["config"]))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise WeightsError(f"{path} has no valid fine model config: {exc}") from exc
-        model = cls(config)
-        expected = model.state_dict()
-        if set(expected) != set(tensors) or any(
-            tensors[k].shape != v.shape for k, v in expected.items()
-        ):
-            raise WeightsError(f"{path} does not match the fine model its config describes")
-        model.load_state_dict(tensors)
-        return model.to(device).eval()
+        return load_checked(cls(config), tensors, path, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,8 @@ from rvg_ros.rvg.models.condition import ConditionNet, EvidenceTokens
 from rvg_ros.rvg.models.encoder import MultiViewEncoder
 from rvg_ros.rvg.models.ss_flow import SparseStructureFlow
 from rvg_ros.rvg.prior import VIEW_CHANNELS, VIEW_SIZE
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 WEIGHTS_NAME = "rvg_ss.safetensors"
 
@@ -95,37 +98,59 @@ class RVGModel(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        meta = {"config": json.dumps(asdict(self.config)), **(metadata or {})}
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata=meta)
+        save_weights(self, self.config, path, metadata)
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu") -> RVGModel:
         """Build the model a weights file describes; WeightsError with the reason otherwise."""
-        path = Path(path)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path), device=device)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"corrupt or unreadable weights file {path}: {exc}") from exc
+        meta, tensors = read_weights(path, device)
         try:
             config = ModelConfig(**json.loads(meta["config"]))
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise WeightsError(f"{path} has no valid model config in its metadata: {exc}") from exc
-        model = cls(config)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-        if missing or unexpected or wrong:
-            raise WeightsError(
-                f"{path} does not match the model: missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}, wrong shapes {wrong[:3]}"
-            )
-        model.load_state_dict(tensors)
-        return model.to(device).eval()
+        return load_checked(cls(config), tensors, path, device)
+
+
+# ---------------------------------------------------------------------- weights files
+# Shared by every model of the backend (part 1 here, the fine stage in fine_model.py):
+# safetensors only, the config as JSON in the metadata, shapes checked before loading.
+def save_weights(
+    model: nn.Module, config: object, path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    meta = {"config": json.dumps(asdict(config)), **(metadata or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def read_weights(path: Path, device: str = "cpu") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a weights file; WeightsError when missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"corrupt or unreadable weights file {path}: {exc}") from exc
+    return meta, tensors
+
+
+def load_checked(
+    model: ModuleT, tensors: dict[str, torch.Tensor], path: Path, device: str = "cpu"
+) -> ModuleT:
+    """``model`` with ``tensors`` loaded, in eval mode on ``device``; WeightsError naming the
+    first mismatching names and shapes otherwise."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{path} does not match the model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shapes {wrong[:3]}"
+        )
+    model.load_state_dict(tensors)
+    return model.to(device).eval()
