@@ -11,7 +11,7 @@ import torch
 
 from rvg_ros.core.backends.hull import carve
 from rvg_ros.core.target import make_capture_set
-from rvg_ros.rvg.decode import explain_silhouettes, measured_over
+from rvg_ros.rvg.decode import decode_surface, explain_silhouettes, measured_over
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
 from rvg_ros.rvg.model import ModelConfig, RVGModel, WeightsError
 from rvg_ros.rvg.prior import (
@@ -308,3 +308,37 @@ def test_a_generated_shape_that_leaves_a_mask_empty_gets_the_hull_back(sphere_vi
         assert again.sum() <= 0.01 * restore.sum()
     # A shape that already explains the masks gets nothing added.
     assert not explain_silhouettes(hull, hull, points, frames).any()
+
+
+def test_fine_sdf_is_the_generated_shape_where_nothing_was_measured(sphere_views) -> None:
+    # One camera sees the front of the sphere. The coarse stage says "a big box"; the fine
+    # stage says "the sphere". The unseen back must follow the fine SDF, the seen front the
+    # measurement either way.
+    frames, centre, radius = sphere_views
+    frames = frames[:1]
+    capture = make_capture_set(frames)
+    cube = completion_cube(capture)
+    res, fine_res = 16, 64
+    unit_centre = cube.to_unit(centre[None])[0]
+    coarse = np.zeros((res,) * 3, np.float32)
+    box = np.abs(voxel_centres(cube, res) - centre).max(axis=-1) < 1.6 * radius
+    coarse[box.reshape((res,) * 3)] = 1.0
+    axis = (np.arange(fine_res) + 0.5) / fine_res - 0.5
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    fine_sdf = np.linalg.norm(grid - unit_centre, axis=-1) - radius / cube.side
+
+    def back_error(fine: np.ndarray | None) -> tuple[float, float]:
+        vertices, _, voxel = decode_surface(coarse, cube, frames, 96, use_depth=True, fine_sdf=fine)
+        r = np.linalg.norm(vertices - centre, axis=1)
+        eye = frames[0].camera_to_world[:3, 3]
+        facing = (vertices - centre) @ (eye - centre) / (r * np.linalg.norm(eye - centre))
+        return float(np.median(np.abs(r[facing < -0.5] - radius)) / voxel), float(
+            np.median(np.abs(r[facing > 0.8] - radius)) / voxel
+        )
+
+    back_fine, front_fine = back_error(fine_sdf)
+    back_coarse, front_coarse = back_error(None)
+    # Measured: back 0.01 voxel from the sphere with the fine SDF, 14.7 with the coarse box.
+    assert back_fine < 0.5, back_fine  # the back is the fine stage's sphere
+    assert back_coarse > 3.0, back_coarse  # ...where the coarse box would have put it
+    assert front_fine < 0.5 and front_coarse < 0.5  # the measured front: fusion's, both times

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from rvg_ros.core.metrics import unit_cube_metrics
@@ -131,3 +132,52 @@ def test_corrupt_weights_dir_is_a_one_line_error(tmp_path: Path, one_sided_can) 
     )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "corrupt" in proc.stderr
+
+
+def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_sided_can) -> None:
+    """The part-2 stage is wired in: found in ``weights_dir``, progress per fine step, RVC's
+    per-view losses in the report. Untrained fine weights: this checks the plumbing, not
+    quality (that is docs/results.md's Table 2)."""
+    import json
+    import shutil
+
+    from rvg_ros.core.types import ReconstructionError
+    from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
+
+    frames, _ = one_sided_can
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(SHIPPED_WEIGHTS / WEIGHTS_NAME, weights / WEIGHTS_NAME)
+    options = {"steps": 4, "fine": True, "fine_steps": 2, "fine_cfg_scale": 1.0}
+
+    def settings(extra: dict[str, object]) -> ReconstructSettings:
+        return ReconstructSettings(
+            backend="rvg",
+            resolution=48,
+            cloud_points=1000,
+            weights_dir=str(weights),
+            backend_options={**options, **extra},
+        )
+
+    with pytest.raises(ReconstructionError, match="rvg_fine.safetensors does not exist"):
+        reconstruct_frames(frames, settings({}))
+    torch.manual_seed(0)
+    FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
+    stages: list[str] = []
+    result, _ = reconstruct_frames(
+        frames,
+        settings({"rvc": True, "rvc_t_start": 0.9}),
+        lambda s, f: stages.append(s),
+    )
+    assert "fine 2/2" in stages
+    assert result.extras["fine"] == "on" and result.extras["fine_active_voxels"] > 100
+    assert "fine" in result.stage_seconds
+    report = json.loads(result.extras["rvc_view_losses"])
+    # Both steps are below t_start = 0.9 (t = 1.0 is not; t = 0.5 is): one compensated step.
+    assert len(report) == 1 and report[0]["t"] == 0.5
+    assert len(report[0]["before"]) == len(frames) == len(report[0]["after"])
+    # fine: false ignores the weights; auto (no option) uses them.
+    off, _ = reconstruct_frames(frames, settings({"fine": False}))
+    assert off.extras["fine"] == "off"
+    auto, _ = reconstruct_frames(frames, settings({"fine": "auto", "rvc": False}))
+    assert auto.extras["fine"] == "on" and "rvc_view_losses" not in auto.extras

@@ -11,8 +11,9 @@ import torch
 import trimesh
 
 from rvg_ros.core.types import Intrinsics, TargetCube
-from rvg_ros.rvg.fine_data import LatentConfig, MeshQuery, active_voxels, fine_targets
+from rvg_ros.rvg.fine_data import MeshQuery, fine_targets
 from rvg_ros.rvg.fine_decode import decode_mesh, fine_field, rvc_decoder
+from rvg_ros.rvg.fine_latent import LatentConfig, active_voxels
 from rvg_ros.rvg.fine_model import FineModel, FineModelConfig, voxel_features
 from rvg_ros.rvg.fine_sample import FineSampleConfig, fine_velocity_fn, sample_fine
 from rvg_ros.rvg.fine_train import (

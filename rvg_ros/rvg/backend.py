@@ -1,14 +1,17 @@
-"""``rvg``: reconstruction via generation (part 1: prior -> GGC -> sparse-structure flow).
+"""``rvg``: reconstruction via generation (prior -> GGC -> sparse-structure flow -> fine flow).
 
 Stages, each timed and reported: symmetry (RGB-D: the object's own symmetry, searched as
 ``fusion+mirror`` does, turned into virtual views that join the reconstruction prior), prior
 (cube, evidence grid, view inputs), condition (multi-view
-encoder + Condition Net = GGC), sampling (rectified-flow Euler steps with CFG), decode (fine
-surface from measurements + generated occupancy), colour (+ confidence), sample (point cloud).
+encoder + Condition Net = GGC), sampling (rectified-flow Euler steps with CFG), fine (part 2,
+when its weights are there: per-view conditions and the structured-latent flow over the active
+voxels, optionally with rendering-aware velocity compensation), decode (fine surface from
+measurements + the generated shape), colour (+ confidence), sample (point cloud).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,10 +31,18 @@ from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import finish_mesh, sample_cloud
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError
 from rvg_ros.rvg.decode import MIN_WALL_VOXELS, decode_surface
-from rvg_ros.rvg.flow import sample_flow
-from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
+from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
+from rvg_ros.rvg.fine_sample import FineSample
+from rvg_ros.rvg.generate import (
+    CoarseConfig,
+    FineConfig,
+    PriorInputs,
+    coarse_condition,
+    generate_fine,
+    sample_coarse,
+)
+from rvg_ros.rvg.model import WEIGHTS_NAME, ModelConfig, RVGModel
 from rvg_ros.rvg.prior import (
-    FREE,
     UNKNOWN,
     completion_cube,
     evidence_grid,
@@ -39,7 +50,6 @@ from rvg_ros.rvg.prior import (
     support_plane,
     view_inputs,
 )
-from rvg_ros.rvg.train import enforce_evidence, velocity_fn
 
 # Views the encoder takes (the training range is 2-8), and symmetry transforms turned into
 # virtual views (an axis of revolution has 7; the three furthest turns cover the back).
@@ -52,6 +62,7 @@ _STAGES = {
     "prior": 0.5,
     "condition": 0.3,
     "sampling": 3.0,
+    "fine": 3.0,
     "decode": 1.0,
     "colour": 1.0,
     "sample": 0.2,
@@ -79,9 +90,19 @@ class RVGSettings:
     start_time: float | None = None
     # Thickness (fine voxels) behind a measured surface before the generator decides.
     min_wall_voxels: float = MIN_WALL_VOXELS
+    # Fine stage (part 2). None: run it when the fine weights (rvg_fine.safetensors) are in
+    # ``weights_dir`` or shipped; True: require them; False: coarse shape only (part 1).
+    fine: bool | None = None
+    fine_steps: int = 12  # paper: 12 Euler steps for the structured latent
+    fine_cfg_scale: float = 3.0  # paper: CFG 3.0
+    # Rendering-aware velocity compensation during the fine stage (needs posed frames).
+    rvc: bool = False
+    rvc_strength: float = 0.1  # paper: lambda = 0.1
+    rvc_t_start: float = 0.5  # compensate for t below this
+    rvc_view_size: int = 64  # render targets, pixels on the longer side
 
 
-_MODEL_CACHE: dict[tuple[str, str], RVGModel] = {}
+_MODEL_CACHE: dict[tuple[str, str], RVGModel | FineModel] = {}
 
 
 def load_model(weights_dir: str | None, device: str) -> RVGModel:
@@ -90,7 +111,36 @@ def load_model(weights_dir: str | None, device: str) -> RVGModel:
     key = (str(path.resolve()), device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = RVGModel.load(path, device)
-    return _MODEL_CACHE[key]
+    model = _MODEL_CACHE[key]
+    assert isinstance(model, RVGModel)
+    return model
+
+
+def load_fine_model(weights_dir: str | None, device: str, required: bool) -> FineModel | None:
+    """The fine stage from ``weights_dir`` (or shipped), cached; None when its file is absent
+    and not ``required``."""
+    path = Path(weights_dir or SHIPPED_WEIGHTS) / FINE_WEIGHTS_NAME
+    if not path.is_file():
+        if required:
+            raise ReconstructionError(
+                f"fine stage requested (fine: true) but {path} does not exist; train it with "
+                "'python -m rvg_ros.rvg.fine_train fit' or set fine: false"
+            )
+        return None
+    key = (str(path.resolve()), device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = FineModel.load(path, device)
+    model = _MODEL_CACHE[key]
+    assert isinstance(model, FineModel)
+    return model
+
+
+def _optional_bool(value: object) -> bool | None:
+    if value is None or (isinstance(value, str) and value.lower() in ("auto", "")):
+        return None
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 class RVGBackend:
@@ -109,6 +159,13 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
+            fine=_optional_bool(extra.get("fine")),
+            fine_steps=int(extra.get("fine_steps", RVGSettings.fine_steps)),
+            fine_cfg_scale=float(extra.get("fine_cfg_scale", RVGSettings.fine_cfg_scale)),
+            rvc=bool(_optional_bool(extra.get("rvc", RVGSettings.rvc))),
+            rvc_strength=float(extra.get("rvc_strength", RVGSettings.rvc_strength)),
+            rvc_t_start=float(extra.get("rvc_t_start", RVGSettings.rvc_t_start)),
+            rvc_view_size=int(extra.get("rvc_view_size", RVGSettings.rvc_view_size)),
         )
 
     def reconstruct(
@@ -116,88 +173,68 @@ class RVGBackend:
     ) -> Reconstruction:
         device = torch_device(self.options.device)
         model = load_model(self.options.weights_dir, device)
-        use_depth = capture.has_depth
-        if not use_depth and not capture.has_masks:
+        s = self.settings
+        fine_model = (
+            None
+            if s.fine is False
+            else load_fine_model(self.options.weights_dir, device, required=bool(s.fine))
+        )
+        if not capture.has_depth and not capture.has_masks:
             raise ReconstructionError("rvg needs depth or object masks in every view")
         timer = StageTimer(progress, _STAGES)
-        s = self.settings
-        res = model.config.resolution
-        symmetry: Symmetry | None = None
-        virtual: list[Frame] = []
         with timer.stage("symmetry"):
-            if s.symmetry and use_depth and capture.has_masks:
-                symmetry, virtual = self._symmetric_views(capture)
+            symmetry, virtual = self._symmetric_views(capture)
         with timer.stage("prior"):
-            hinted = CaptureSet(capture.frames + virtual, capture.target, capture.seed)
-            cube = completion_cube(hinted)
-            support = support_plane(capture) if s.support else None
-            evidence = evidence_grid(capture, cube, res, use_depth, support)
-            if virtual:
-                # The cameras' own evidence wins; the symmetry speaks only where they know nothing.
-                hint = evidence_grid(
-                    CaptureSet(virtual, capture.target), cube, res, use_depth, support
-                )
-                evidence = np.where(evidence == UNKNOWN, hint, evidence)
-            # The encoder saw 2-8 views in training: real views first, then virtual ones.
-            encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
-            views = view_inputs(
-                CaptureSet(encoded, capture.target), cube, use_depth, model.config.view_size
-            )
+            prior, support = self.prior(capture, virtual, model.config)
         if device == "cpu":
             # One intra-op thread by default: the model is small, and on a shared CPU (a robot
             # runs drivers and planners beside us) OpenMP threads waiting for a descheduled
             # sibling made sampling 10-20x slower here. ``threads`` raises it on idle machines.
             torch.set_num_threads(int(self.options.extra.get("threads", 1)))
-        with torch.inference_mode():
-            ev = torch.from_numpy(evidence)[None].to(device)
-            onehot = model.onehot(ev)
-            with timer.stage("condition"):
-                condition = model.global_condition(
-                    onehot,
-                    torch.from_numpy(views)[None].to(device),
-                    torch.ones(1, len(views), dtype=torch.bool, device=device),
-                )
-                if not s.use_condition:
-                    condition = model.null_condition.expand(1, -1, -1)
-            with timer.stage("sampling") as sub:
-                # ``sample_seed`` varies the generation alone (same views): seed variance.
-                seed = capture.seed if s.sample_seed is None else s.sample_seed
-                generator = torch.Generator().manual_seed(seed)
-                start = s.start_time or (1.0 if use_depth else RGB_START_TIME)
-                steps = max(1, round(s.steps * start))
-                x0 = sample_flow(
-                    velocity_fn(model, onehot, condition),
-                    (1, 1, res, res, res),
-                    steps,
-                    s.cfg_scale,
-                    generator,
+        # ``sample_seed`` varies the generation alone (same views): seed variance.
+        seed = capture.seed if s.sample_seed is None else s.sample_seed
+        coarse = self.coarse_config(prior.use_depth)
+        with timer.stage("condition"):
+            onehot, condition = coarse_condition(model, prior, coarse, device)
+        with timer.stage("sampling") as sub:
+            occupancy = sample_coarse(
+                model,
+                prior,
+                onehot,
+                condition,
+                coarse,
+                seed,
+                device,
+                on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
+            )
+        fine: FineSample | None = None
+        fine_sdf: np.ndarray | None = None
+        if fine_model is not None:
+            with timer.stage("fine") as sub:
+                fine, fine_sdf = generate_fine(
+                    fine_model,
+                    prior,
+                    occupancy,
+                    capture.frames,
+                    self.fine_config(),
+                    seed,
                     device,
-                    on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
-                    x_start=torch.where(ev == FREE, -1.0, 1.0)[:, None].float(),
-                    t_start=start,
+                    on_step=lambda k, n: sub(k / n, f"fine {k}/{n}"),
                 )
-                occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
-                if s.enforce_evidence:
-                    occupancy = enforce_evidence(occupancy, ev)
-                if virtual:
-                    inside = hidden_everywhere(capture.frames, virtual, cube, res)
-                    occupancy = torch.where(
-                        torch.from_numpy(inside)[None].to(device), 1.0, occupancy
-                    )
-                occupancy = occupancy[0].float().cpu().numpy()
         with timer.stage("decode"):
             vertices, triangles, voxel = decode_surface(
                 occupancy,
-                cube,
+                prior.cube,
                 capture.frames,
                 # The target's voxel size, as fusion uses: the completion cube is larger, and a
                 # coarser TSDF would cost the seen surface accuracy (0.34 vs 0.23 mm on YCB).
-                round(self.options.resolution * cube.side / capture.target.side),
-                use_depth,
+                round(self.options.resolution * prior.cube.side / capture.target.side),
+                prior.use_depth,
                 self.options.device,
                 hint_frames=virtual,
                 support_plane=support,
                 min_wall_voxels=s.min_wall_voxels,
+                fine_sdf=fine_sdf,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -215,25 +252,105 @@ class RVGBackend:
             stage_seconds=timer.seconds,
             peak_memory_mb=peak_rss_mb(),
             extras={
-                "method": "reconstruction via generation (GGC + sparse-structure flow)",
+                "method": "reconstruction via generation (GGC + sparse-structure flow"
+                + (" + fine structured-latent flow)" if fine is not None else ")"),
                 "voxel_size": voxel,
                 "steps": s.steps,
                 "cfg_scale": s.cfg_scale,
-                "start_time": start,
+                "start_time": coarse.start_time,
                 "use_condition": s.use_condition,
                 "device": device,
-                "cube_side": cube.side,
+                "cube_side": prior.cube.side,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 "symmetric_views": len(virtual),
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
+                **self._fine_report(fine),
             },
         )
 
+    def prior(
+        self, capture: CaptureSet, virtual: list[Frame], config: ModelConfig
+    ) -> tuple[PriorInputs, np.ndarray | None]:
+        """The reconstruction prior (cube, evidence grid, view inputs) and the support plane.
+        Symmetric ``virtual`` views add evidence only where the cameras know nothing."""
+        use_depth = capture.has_depth
+        res = config.resolution
+        hinted = CaptureSet(capture.frames + virtual, capture.target, capture.seed)
+        cube = completion_cube(hinted)
+        support = support_plane(capture) if self.settings.support else None
+        evidence = evidence_grid(capture, cube, res, use_depth, support)
+        inside = None
+        if virtual:
+            hint = evidence_grid(CaptureSet(virtual, capture.target), cube, res, use_depth, support)
+            evidence = np.where(evidence == UNKNOWN, hint, evidence)
+            inside = hidden_everywhere(capture.frames, virtual, cube, res)
+        # The encoder saw 2-8 views in training: real views first, then virtual ones.
+        encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
+        views = view_inputs(CaptureSet(encoded, capture.target), cube, use_depth, config.view_size)
+        return PriorInputs(cube, evidence, views, use_depth, inside), support
+
+    def coarse_config(self, use_depth: bool) -> CoarseConfig:
+        s = self.settings
+        return CoarseConfig(
+            steps=s.steps,
+            cfg_scale=s.cfg_scale,
+            use_condition=s.use_condition,
+            enforce_evidence=s.enforce_evidence,
+            start_time=s.start_time or (1.0 if use_depth else RGB_START_TIME),
+        )
+
+    def fine_config(self) -> FineConfig:
+        s = self.settings
+        return FineConfig(
+            steps=s.fine_steps,
+            cfg_scale=s.fine_cfg_scale,
+            rvc=s.rvc,
+            rvc_strength=s.rvc_strength,
+            rvc_t_start=s.rvc_t_start,
+            rvc_view_size=s.rvc_view_size,
+        )
+
+    def _fine_report(self, fine: FineSample | None) -> dict[str, object]:
+        """What the fine stage did, for result.json: active voxels, steps, and per compensated
+        step the per-view rendering losses before and after RVC."""
+        if fine is None:
+            return {"fine": "off"}
+        s = self.settings
+        report: dict[str, object] = {
+            "fine": "on",
+            "fine_active_voxels": int(len(fine.coords)),
+            "fine_steps": s.fine_steps,
+            "fine_cfg_scale": s.fine_cfg_scale,
+            "rvc": s.rvc,
+        }
+        if s.rvc:
+            report["rvc_strength"] = s.rvc_strength
+            report["rvc_t_start"] = s.rvc_t_start
+            # Scalars only in result.json: the per-step, per-view losses as one JSON string.
+            report["rvc_view_losses"] = json.dumps(
+                [
+                    {
+                        "t": round(step.t, 4),
+                        "before": [round(float(v), 5) for v in step.before[0]],
+                        "after": None
+                        if step.after is None
+                        else [round(float(v), 5) for v in step.after[0]],
+                        "kept": [bool(k) for k in step.kept[0]],
+                    }
+                    for step in fine.rvc_steps
+                ]
+            )
+        return report
+
     def _symmetric_views(self, capture: CaptureSet) -> tuple[Symmetry | None, list[Frame]]:
         """The best symmetry consistent with the views (as ``fusion+mirror`` finds it) and the
-        virtual views it implies; (None, []) when no symmetry is consistent."""
+        virtual views it implies; (None, []) when no symmetry is consistent or it is off
+        (RGB-D with masks only: without depth a wrong symmetry cannot be told from a right
+        one)."""
+        if not (self.settings.symmetry and capture.has_depth and capture.has_masks):
+            return None, []
         points = fused_vertices(capture, replace(self.options, extra={}))
         voxel = capture.target.side / self.options.resolution
         symmetry, _ = find_symmetry(points, capture.frames, capture.target, voxel, capture.seed)

@@ -1,8 +1,9 @@
-"""Decode: coarse generated occupancy + observations -> a fine metric surface.
+"""Decode: generated shape + observations -> a fine metric surface.
 
 Where a camera measured the surface, the surface is the measurement (the fused TSDF band);
 where only a symmetric (virtual) view measured it, the symmetric measurement; where nothing
-was measured, the generated occupancy. One field, one marching cubes, so the result is a single
+was measured, the generated shape: the fine stage's SDF (128^3 in the cube) when it ran, else
+the coarse occupancy (32^3) smoothed. One field, one marching cubes, so the result is a single
 closed surface whose seen part is as accurate as fusion.
 """
 
@@ -43,6 +44,27 @@ def upsample_occupancy(coarse: np.ndarray, cube: TargetCube, points: np.ndarray)
     index = (cube.to_unit(points) + 0.5) * res - 0.5
     smooth = gaussian_filter(coarse.astype(np.float32), 0.6)
     return map_coordinates(smooth, index.T, order=1, mode="nearest")
+
+
+def sample_sdf(sdf: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a cube SDF grid (voxel-centre samples, cube units) at world
+    points, in metres. Outside the grid the nearest value (the fine field's fill there is
+    "outside")."""
+    res = sdf.shape[0]
+    index = (cube.to_unit(points) + 0.5) * res - 0.5
+    return map_coordinates(sdf.astype(np.float32), index.T, order=1, mode="nearest") * cube.side
+
+
+def generated_distance(
+    occupancy: np.ndarray, cube: TargetCube, points: np.ndarray, fine_sdf: np.ndarray | None
+) -> np.ndarray:
+    """Signed distance (metres, positive outside) of the generated shape at world points: the
+    fine SDF where given; else from the coarse occupancy p, as (0.5 - p) coarse voxels (p goes
+    1 -> 0 over about one coarse voxel, so the distance changes by that much)."""
+    if fine_sdf is not None:
+        return sample_sdf(fine_sdf, cube, points)
+    coarse_voxel = cube.side / occupancy.shape[0]
+    return (0.5 - upsample_occupancy(occupancy, cube, points)) * coarse_voxel
 
 
 def dense_tsdf(
@@ -121,21 +143,20 @@ def decode_surface(
     hint_frames: list[Frame] | None = None,
     support_plane: np.ndarray | None = None,
     min_wall_voxels: float = MIN_WALL_VOXELS,
+    fine_sdf: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
     (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
-    nothing is generated below ``support_plane`` (a, b, c, d; positive above)."""
+    nothing is generated below ``support_plane`` (a, b, c, d; positive above). ``fine_sdf``
+    (the fine stage's dense SDF in the cube, cube units) replaces the coarse ``occupancy`` as
+    the generated shape."""
     voxel = cube.side / resolution
     origin, size = lattice(cube, voxel)
     points = lattice_points(origin, size, voxel)
-    generated = upsample_occupancy(occupancy, cube, points).reshape((size,) * 3)
+    distance = generated_distance(occupancy, cube, points, fine_sdf).reshape((size,) * 3)
     if use_depth:
         tsdf, weight = dense_tsdf(frames, origin, size, voxel, device)
-        # Generated occupancy as a normalised signed distance: p goes 1 -> 0 over about one
-        # coarse voxel, i.e. the distance changes by that much.
-        coarse_voxel = cube.side / occupancy.shape[0]
-        generated_sdf = (0.5 - generated) * coarse_voxel / (TRUNCATION_VOXELS * voxel)
-        sdf = np.clip(generated_sdf, -1.0, 1.0)
+        sdf = np.clip(distance / (TRUNCATION_VOXELS * voxel), -1.0, 1.0)
         min_wall = min_wall_voxels / TRUNCATION_VOXELS
         if hint_frames:
             hint_tsdf, hint_weight = dense_tsdf(hint_frames, origin, size, voxel, device)
@@ -157,6 +178,9 @@ def decode_surface(
             sdf = np.maximum(sdf, np.clip(below, -1.0, 1.0))
         inside, level = -sdf, 0.0
     else:
+        # As an occupancy probability, the inverse of ``generated_distance``'s coarse rule.
+        coarse_voxel = cube.side / occupancy.shape[0]
+        generated = np.clip(0.5 - distance / coarse_voxel, 0.0, 1.0)
         hull = carve(frames, points, None, lambda fraction: None)
         generated = np.where(
             explain_silhouettes(generated.reshape(-1) > 0.5, hull, points, frames),

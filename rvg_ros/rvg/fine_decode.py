@@ -20,7 +20,7 @@ from scipy.ndimage import distance_transform_edt
 from skimage.measure import marching_cubes
 
 from rvg_ros.core.types import TargetCube
-from rvg_ros.rvg.fine_data import LatentConfig
+from rvg_ros.rvg.fine_latent import LatentConfig
 from rvg_ros.rvg.render import SDFField
 from rvg_ros.rvg.rvc import Decoder
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rvg_ros.rvg.fine_data import LatentConfig
+from rvg_ros.rvg.fine_latent import LatentConfig
 from rvg_ros.rvg.model import WeightsError, load_checked, read_weights, save_weights
 from rvg_ros.rvg.models.encoder import MultiViewEncoder
 from rvg_ros.rvg.models.fine_flow import FineFlow, FineFlowConfig

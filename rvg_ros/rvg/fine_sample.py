@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rvg_ros.rvg.fine_data import active_voxels
 from rvg_ros.rvg.fine_decode import rvc_decoder
+from rvg_ros.rvg.fine_latent import active_voxels
 from rvg_ros.rvg.fine_model import FineModel, voxel_features
 from rvg_ros.rvg.flow import VelocityFn, sample_flow
 from rvg_ros.rvg.render_loss import View
@@ -73,29 +73,34 @@ def sample_fine(
     config: FineSampleConfig | None = None,
     rvc_views: Sequence[View] = (),
     on_step: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
 ) -> FineSample:
     """Fine latents for one object. ``occupancy`` / ``evidence`` (R, R, R) as the coarse stage
     has them, ``views`` (V, C, H, W) from ``prior.view_inputs``; ``rvc_views`` (render targets,
-    ``render_loss.view_from_frame``) are needed only when ``config.rvc`` is set."""
+    ``render_loss.view_from_frame``, on ``device``) are needed only when ``config.rvc`` is set.
+    ``device`` must hold the model; the noise is drawn on the CPU, so a seed gives the same
+    start on every device."""
     config = config or FineSampleConfig()
     lc = model.config.latent
-    coords = torch.from_numpy(active_voxels(occupancy, lc.partial))
-    occ = torch.as_tensor(np.asarray(occupancy, dtype=np.float32))
+    coords = torch.from_numpy(active_voxels(occupancy, lc.partial)).to(device)
+    occ = torch.as_tensor(np.asarray(occupancy, dtype=np.float32)).to(device)
     batch = {
         "coords": coords[None],
-        "features": voxel_features(coords, torch.as_tensor(evidence), occ)[None],
-        "token_mask": torch.ones(1, len(coords), dtype=torch.bool),
-        "views": torch.as_tensor(np.asarray(views, dtype=np.float32))[None],
-        "view_mask": torch.ones(1, len(views), dtype=torch.bool),
+        "features": voxel_features(coords, torch.as_tensor(evidence).to(device), occ)[None],
+        "token_mask": torch.ones(1, len(coords), dtype=torch.bool, device=device),
+        "views": torch.as_tensor(np.asarray(views, dtype=np.float32)).to(device)[None],
+        "view_mask": torch.ones(1, len(views), dtype=torch.bool, device=device),
     }
     if len(coords) == 0:
-        return FineSample(coords, torch.zeros(0, lc.channels))
+        return FineSample(coords, torch.zeros(0, lc.channels, device=device))
     condition = model.per_view_condition(batch["views"], batch["view_mask"])
     velocity = fine_velocity_fn(model, batch, condition)
     shape = (1, len(coords), lc.channels)
     generator = torch.Generator().manual_seed(config.seed)
     if config.rvc is None:
-        x = sample_flow(velocity, shape, config.steps, config.cfg_scale, generator, on_step=on_step)
+        x = sample_flow(
+            velocity, shape, config.steps, config.cfg_scale, generator, device, on_step=on_step
+        )
         return FineSample(coords, x[0])
     x, steps = sample_flow_rvc(
         velocity,
@@ -106,6 +111,7 @@ def sample_fine(
         rvc_decoder([coords], [occ], lc),
         rvc_views,
         config.rvc,
+        device=device,
         on_step=on_step,
     )
     return FineSample(coords, x[0], steps)

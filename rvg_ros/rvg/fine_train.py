@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rvg_ros.rvg.fine_data import LatentConfig, generate_fine
+from rvg_ros.rvg.fine_data import generate_fine
+from rvg_ros.rvg.fine_latent import LatentConfig
 from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig, voxel_features
 from rvg_ros.rvg.fine_sample import fine_velocity_fn
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow

@@ -36,7 +36,7 @@ VOXEL_FEATURES = 4  # evidence one-hot (unknown, free, surface) + coarse "inside
 
 @dataclass(frozen=True)
 class FineFlowConfig:
-    channels: int = 67  # latent width (fine_data.LatentConfig.channels)
+    channels: int = 67  # latent width (fine_latent.LatentConfig.channels)
     resolution: int = 32  # coarse grid the voxel coordinates index
     dim: int = 128
     depth: int = 4

@@ -1,0 +1,182 @@
+"""The generative stages of ``rvg``, between the reconstruction prior and the decode.
+
+``coarse_condition``: GGC (multi-view encoder + Condition Net over the views and the
+evidence); ``sample_coarse``: the sparse-structure flow -> coarse occupancy;
+``generate_fine``: per-view conditions and the structured-latent flow over the coarse
+result's active voxels, optionally with rendering-aware velocity compensation -> the fine
+SDF. All take the prior's arrays
+(``PriorInputs``) and run on any torch device; nothing here needs Open3D, so the network stages
+can be timed on a machine that has only torch (``rvg_ros.bench_network``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rvg_ros.core.types import Frame, TargetCube
+from rvg_ros.rvg.fine_decode import fine_field
+from rvg_ros.rvg.fine_model import FineModel
+from rvg_ros.rvg.fine_sample import FineSample, FineSampleConfig, sample_fine
+from rvg_ros.rvg.flow import sample_flow
+from rvg_ros.rvg.model import RVGModel
+from rvg_ros.rvg.prior import FREE
+from rvg_ros.rvg.render_loss import view_from_frame
+from rvg_ros.rvg.rvc import RVCConfig
+from rvg_ros.rvg.train import enforce_evidence, velocity_fn
+
+StepFn = Callable[[int, int], None]
+
+
+@dataclass
+class PriorInputs:
+    """What the prior stage hands the generators (``backend.RVGBackend.prior``)."""
+
+    cube: TargetCube
+    evidence: np.ndarray  # (R, R, R) uint8: UNKNOWN / FREE / SURFACE
+    views: np.ndarray  # (V, C, S, S) float32 encoder inputs, real views first
+    use_depth: bool
+    # (R, R, R) bool: hidden behind the surface in every real and symmetric view (the inside
+    # of an object seen all round), forced occupied; None without symmetric views.
+    inside: np.ndarray | None = None
+
+    def save(self, path: Path) -> None:
+        """npz, for ``bench_network`` (the prior on one machine, the networks on another)."""
+        arrays = {
+            "cube": np.r_[self.cube.center, self.cube.side],
+            "evidence": self.evidence,
+            "views": self.views,
+            "use_depth": np.array(self.use_depth),
+        }
+        if self.inside is not None:
+            arrays["inside"] = self.inside
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> PriorInputs:
+        with np.load(path) as data:
+            return cls(
+                cube=TargetCube(
+                    center=data["cube"][:3].astype(np.float64), side=float(data["cube"][3])
+                ),
+                evidence=data["evidence"],
+                views=data["views"],
+                use_depth=bool(data["use_depth"]),
+                inside=data["inside"] if "inside" in data.files else None,
+            )
+
+
+@dataclass(frozen=True)
+class CoarseConfig:
+    steps: int = 30  # paper: 30 Euler steps for the sparse structure
+    cfg_scale: float = 7.5  # paper: CFG 7.5
+    use_condition: bool = True  # False = evidence only (the "no GGC" ablation)
+    enforce_evidence: bool = True
+    start_time: float = 1.0  # < 1: SDEdit from the evidence's "not seen empty" region
+
+
+@dataclass(frozen=True)
+class FineConfig:
+    steps: int = 12  # paper: 12 Euler steps for the structured latent
+    cfg_scale: float = 3.0  # paper: CFG 3.0
+    rvc: bool = False
+    rvc_strength: float = 0.1  # paper: lambda = 0.1
+    rvc_t_start: float = 0.5
+    rvc_view_size: int = 64  # render targets, pixels on the longer side
+
+
+@torch.inference_mode()
+def coarse_condition(
+    model: RVGModel, prior: PriorInputs, config: CoarseConfig, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evidence one-hot (1, 3, R, R, R) and the GGC (1, N, D) (the null condition for the
+    "no GGC" ablation)."""
+    onehot = model.onehot(torch.from_numpy(prior.evidence)[None].to(device))
+    if not config.use_condition:
+        return onehot, model.null_condition.expand(1, -1, -1)
+    condition = model.global_condition(
+        onehot,
+        torch.from_numpy(prior.views)[None].to(device),
+        torch.ones(1, len(prior.views), dtype=torch.bool, device=device),
+    )
+    return onehot, condition
+
+
+@torch.inference_mode()
+def sample_coarse(
+    model: RVGModel,
+    prior: PriorInputs,
+    onehot: torch.Tensor,
+    condition: torch.Tensor,
+    config: CoarseConfig,
+    seed: int,
+    device: str,
+    on_step: StepFn | None = None,
+) -> np.ndarray:
+    """(R, R, R) float32 occupancy probability of the coarse structure, evidence enforced."""
+    res = model.config.resolution
+    ev = torch.from_numpy(prior.evidence)[None].to(device)
+    # The noise is drawn on the CPU: a seed gives the same start on every device.
+    generator = torch.Generator().manual_seed(seed)
+    steps = max(1, round(config.steps * config.start_time))
+    x0 = sample_flow(
+        velocity_fn(model, onehot, condition),
+        (1, 1, res, res, res),
+        steps,
+        config.cfg_scale,
+        generator,
+        device,
+        on_step=on_step,
+        x_start=torch.where(ev == FREE, -1.0, 1.0)[:, None].float(),
+        t_start=config.start_time,
+    )
+    occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
+    if config.enforce_evidence:
+        occupancy = enforce_evidence(occupancy, ev)
+    if prior.inside is not None:
+        occupancy = torch.where(torch.from_numpy(prior.inside)[None].to(device), 1.0, occupancy)
+    return occupancy[0].float().cpu().numpy()
+
+
+def generate_fine(
+    model: FineModel,
+    prior: PriorInputs,
+    occupancy: np.ndarray,
+    frames: Sequence[Frame],
+    config: FineConfig,
+    seed: int,
+    device: str,
+    on_step: StepFn | None = None,
+) -> tuple[FineSample, np.ndarray]:
+    """The fine latents and their dense SDF ((R k)^3, cube units) for the coarse
+    ``occupancy``. RVC renders into ``frames``: the real views only (the symmetric ones are
+    the symmetry's guess, not a measurement)."""
+    rvc = None
+    rvc_views = []
+    if config.rvc:
+        rvc = RVCConfig(strength=config.rvc_strength, t_start=config.rvc_t_start)
+        rvc_views = [
+            view_from_frame(f, prior.cube, config.rvc_view_size, device=device) for f in frames
+        ]
+    sample = sample_fine(
+        model,
+        occupancy,
+        prior.evidence,
+        prior.views,
+        FineSampleConfig(steps=config.steps, cfg_scale=config.cfg_scale, seed=seed, rvc=rvc),
+        rvc_views,
+        on_step=on_step,
+        device=device,
+    )
+    with torch.no_grad():
+        field = fine_field(
+            sample.coords,
+            sample.latent,
+            torch.from_numpy(occupancy).to(device),
+            model.config.latent,
+        )
+    return sample, field.sdf.float().cpu().numpy()
