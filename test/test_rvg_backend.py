@@ -15,8 +15,8 @@ from rvg_ros.core.metrics import unit_cube_metrics
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
 from rvg_ros.core.render import MeshRenderer
 from rvg_ros.core.types import Frame
-from rvg_ros.rvg.backend import SHIPPED_WEIGHTS
 from rvg_ros.rvg.dataset import VAL_SEED_OFFSET
+from rvg_ros.rvg.generate import SHIPPED_WEIGHTS
 from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
 from rvg_ros.sim.capture import render_frames
 from rvg_ros.sim.objects import make_object

@@ -244,17 +244,6 @@ def test_gradients_finite_for_sharp_and_soft_fields(softness):
     assert sdf.grad.abs().sum() > 0 and colour.grad.abs().sum() > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_cpu():
-    cam = camera_in_cube(INTRINSICS, look_at(CUBE.center + EYES[0], CUBE.center), CUBE)
-    field = SDFField(sphere_sdf(), torch.rand(3, RES, RES, RES))
-    cpu = render(field, cam)
-    gpu_field = SDFField(field.sdf.cuda(), field.colour.cuda())
-    gpu = render(gpu_field, Camera(**{**cam.__dict__, "camera_to_cube": cam.camera_to_cube.cuda()}))
-    assert torch.allclose(cpu.silhouette, gpu.silhouette.cpu(), atol=1e-4)
-    assert torch.allclose(cpu.colour, gpu.colour.cpu(), atol=1e-4)
-
-
 # --- losses ---------------------------------------------------------------------------------
 
 

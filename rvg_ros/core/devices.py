@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import open3d as o3d
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import open3d as o3d
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -16,6 +19,8 @@ def check_device(name: str) -> str:
 def open3d_device(name: str) -> o3d.core.Device:
     """CUDA when asked for (or auto) and this Open3D build has it; else CPU."""
     check_device(name)
+    import open3d as o3d  # here, so that torch-only code (rvg/generate.py) needs no Open3D
+
     cuda = o3d.core.cuda.is_available()
     if name == "cuda" and not cuda:
         raise ValueError("device 'cuda' requested but Open3D has no CUDA device here")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +30,6 @@ from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import finish_mesh, sample_cloud
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError
 from rvg_ros.rvg.decode import MIN_WALL_VOXELS, decode_surface
-from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import (
     CoarseConfig,
@@ -39,9 +37,11 @@ from rvg_ros.rvg.generate import (
     PriorInputs,
     coarse_condition,
     generate_fine,
+    load_fine_model,
+    load_model,
     sample_coarse,
 )
-from rvg_ros.rvg.model import WEIGHTS_NAME, ModelConfig, RVGModel
+from rvg_ros.rvg.model import ModelConfig
 from rvg_ros.rvg.prior import (
     UNKNOWN,
     completion_cube,
@@ -56,7 +56,6 @@ from rvg_ros.rvg.prior import (
 MAX_ENCODED_VIEWS = 8
 MAX_SYMMETRY_TRANSFORMS = 3
 RGB_START_TIME = 0.5
-SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 _STAGES = {
     "symmetry": 2.5,
     "prior": 0.5,
@@ -71,10 +70,10 @@ _STAGES = {
 
 @dataclass
 class RVGSettings:
-    steps: int = 30  # paper: 30 Euler steps for the sparse structure
-    cfg_scale: float = 7.5  # paper: CFG 7.5
-    use_condition: bool = True  # False = evidence only (the "no GGC" ablation)
-    enforce_evidence: bool = True
+    steps: int = CoarseConfig.steps
+    cfg_scale: float = CoarseConfig.cfg_scale
+    use_condition: bool = CoarseConfig.use_condition  # False: the "no GGC" ablation
+    enforce_evidence: bool = CoarseConfig.enforce_evidence
     # Symmetric views in the prior (RGB-D with masks only: without depth a wrong symmetry
     # cannot be told from a right one). The generator then fills only what neither the
     # cameras nor the symmetry explain.
@@ -93,46 +92,13 @@ class RVGSettings:
     # Fine stage (part 2). None: run it when the fine weights (rvg_fine.safetensors) are in
     # ``weights_dir`` or shipped; True: require them; False: coarse shape only (part 1).
     fine: bool | None = None
-    fine_steps: int = 12  # paper: 12 Euler steps for the structured latent
-    fine_cfg_scale: float = 3.0  # paper: CFG 3.0
-    # Rendering-aware velocity compensation during the fine stage (needs posed frames).
-    rvc: bool = False
-    rvc_strength: float = 0.1  # paper: lambda = 0.1
-    rvc_t_start: float = 0.5  # compensate for t below this
-    rvc_view_size: int = 64  # render targets, pixels on the longer side
-
-
-_MODEL_CACHE: dict[tuple[str, str], RVGModel | FineModel] = {}
-
-
-def load_model(weights_dir: str | None, device: str) -> RVGModel:
-    """The generator from ``weights_dir`` (or the weights shipped with the package), cached."""
-    path = Path(weights_dir or SHIPPED_WEIGHTS) / WEIGHTS_NAME
-    key = (str(path.resolve()), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = RVGModel.load(path, device)
-    model = _MODEL_CACHE[key]
-    assert isinstance(model, RVGModel)
-    return model
-
-
-def load_fine_model(weights_dir: str | None, device: str, required: bool) -> FineModel | None:
-    """The fine stage from ``weights_dir`` (or shipped), cached; None when its file is absent
-    and not ``required``."""
-    path = Path(weights_dir or SHIPPED_WEIGHTS) / FINE_WEIGHTS_NAME
-    if not path.is_file():
-        if required:
-            raise ReconstructionError(
-                f"fine stage requested (fine: true) but {path} does not exist; train it with "
-                "'python -m rvg_ros.rvg.fine_train fit' or set fine: false"
-            )
-        return None
-    key = (str(path.resolve()), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = FineModel.load(path, device)
-    model = _MODEL_CACHE[key]
-    assert isinstance(model, FineModel)
-    return model
+    fine_steps: int = FineConfig.steps
+    fine_cfg_scale: float = FineConfig.cfg_scale
+    # Rendering-aware velocity compensation during the fine stage (generate.FineConfig).
+    rvc: bool = FineConfig.rvc
+    rvc_strength: float = FineConfig.rvc_strength
+    rvc_t_start: float = FineConfig.rvc_t_start
+    rvc_view_size: int = FineConfig.rvc_view_size
 
 
 def _optional_bool(value: object) -> bool | None:
@@ -183,7 +149,7 @@ class RVGBackend:
             raise ReconstructionError("rvg needs depth or object masks in every view")
         timer = StageTimer(progress, _STAGES)
         with timer.stage("symmetry"):
-            symmetry, virtual = self._symmetric_views(capture)
+            symmetry, virtual = self.symmetric_views(capture)
         with timer.stage("prior"):
             prior, support = self.prior(capture, virtual, model.config)
         if device == "cpu":
@@ -344,7 +310,7 @@ class RVGBackend:
             )
         return report
 
-    def _symmetric_views(self, capture: CaptureSet) -> tuple[Symmetry | None, list[Frame]]:
+    def symmetric_views(self, capture: CaptureSet) -> tuple[Symmetry | None, list[Frame]]:
         """The best symmetry consistent with the views (as ``fusion+mirror`` finds it) and the
         virtual views it implies; (None, []) when no symmetry is consistent or it is off
         (RGB-D with masks only: without depth a wrong symmetry cannot be told from a right

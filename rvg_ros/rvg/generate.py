@@ -18,18 +18,52 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rvg_ros.core.types import Frame, TargetCube
+from rvg_ros.core.types import Frame, ReconstructionError, TargetCube
 from rvg_ros.rvg.fine_decode import fine_field
-from rvg_ros.rvg.fine_model import FineModel
+from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
 from rvg_ros.rvg.fine_sample import FineSample, FineSampleConfig, sample_fine
 from rvg_ros.rvg.flow import sample_flow
-from rvg_ros.rvg.model import RVGModel
+from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
 from rvg_ros.rvg.prior import FREE
 from rvg_ros.rvg.render_loss import view_from_frame
 from rvg_ros.rvg.rvc import RVCConfig
 from rvg_ros.rvg.train import enforce_evidence, velocity_fn
 
 StepFn = Callable[[int, int], None]
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+_MODEL_CACHE: dict[tuple[str, str], RVGModel | FineModel] = {}
+
+
+def load_model(weights_dir: str | None, device: str) -> RVGModel:
+    """The generator from ``weights_dir`` (or the weights shipped with the package), cached."""
+    path = Path(weights_dir or SHIPPED_WEIGHTS) / WEIGHTS_NAME
+    key = (str(path.resolve()), device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = RVGModel.load(path, device)
+    model = _MODEL_CACHE[key]
+    assert isinstance(model, RVGModel)
+    return model
+
+
+def load_fine_model(weights_dir: str | None, device: str, required: bool) -> FineModel | None:
+    """The fine stage from ``weights_dir`` (or shipped), cached; None when its file is absent
+    and not ``required``."""
+    path = Path(weights_dir or SHIPPED_WEIGHTS) / FINE_WEIGHTS_NAME
+    if not path.is_file():
+        if required:
+            raise ReconstructionError(
+                f"fine stage requested (fine: true) but {path} does not exist; train it with "
+                "'python -m rvg_ros.rvg.fine_train fit' or set fine: false"
+            )
+        return None
+    key = (str(path.resolve()), device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = FineModel.load(path, device)
+    model = _MODEL_CACHE[key]
+    assert isinstance(model, FineModel)
+    return model
 
 
 @dataclass
