@@ -156,7 +156,7 @@ def test_views_above_the_threshold_are_dropped():
     views = [*VIEWS, wrong]
     cfg = RVCConfig(render=CONFIG.render)
     v_all, step = compensate(x_t, 0.3, v, decode_grid, views, cfg)
-    assert step.before[0, -1] > cfg.max_view_loss > step.before[0, :-1].max()
+    assert step.geometry[0, -1] > cfg.max_view_loss > step.geometry[0, :-1].max()
     assert step.kept[0].tolist() == [True] * 4 + [False]
     v_good, _ = compensate(x_t, 0.3, v, decode_grid, VIEWS, cfg)
     assert torch.allclose(v_all, v_good, atol=1e-6)

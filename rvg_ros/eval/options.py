@@ -69,6 +69,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid-rows", type=int, default=8, help="objects shown in grid.png")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument(
+        "--weights-dir", default=None, help="rvg weights folder (default: shipped with the package)"
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
     )
     parser.add_argument(

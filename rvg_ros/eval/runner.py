@@ -63,6 +63,7 @@ class EvalConfig:
     device: str = "auto"
     overwrite: bool = False
     refine_poses: str = "off"
+    weights_dir: str | None = None  # rvg's weights (default: shipped)
 
     def validate(self) -> None:
         self.views.validate()
@@ -109,6 +110,8 @@ class EvalConfig:
             args += ["--refine-poses", self.refine_poses]
         if v.depth_noise:
             args.append("--depth-noise")
+        if self.weights_dir:
+            args += ["--weights-dir", self.weights_dir]
         return shlex.join(args)
 
 
@@ -143,6 +146,7 @@ def _reconstruct(
         seed=config.seed,
         resolution=config.resolution,
         poses=PoseSettings(refine=config.refine_poses),
+        weights_dir=config.weights_dir,
     )
     start = time.perf_counter()
     try:
@@ -260,6 +264,7 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         views=views,
         out=config.out,
         refine_poses=stored.get("refine_poses", "off"),
+        weights_dir=stored.get("weights_dir"),
         objects=tuple(stored["objects"]) if stored.get("objects") else None,
     )
     return write_report(original, rows, elapsed)
@@ -314,6 +319,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         device=args.device,
         overwrite=args.overwrite,
         refine_poses=args.refine_poses,
+        weights_dir=getattr(args, "weights_dir", None),
     )
 
 
