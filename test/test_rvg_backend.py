@@ -142,6 +142,7 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     import shutil
 
     from rvg_ros.core.types import ReconstructionError
+    from rvg_ros.rvg.confidence import DISTANCE_CONFIDENCE, SPREAD_CONFIDENCE, bins
     from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
 
     frames, _ = one_sided_can
@@ -166,10 +167,19 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     stages: list[str] = []
     result, _ = reconstruct_frames(
         frames,
-        settings({"rvc": True, "rvc_t_start": 0.9}),
+        settings({"rvc": True, "rvc_t_start": 0.9, "confidence_samples": 2}),
         lambda s, f: stages.append(s),
     )
-    assert "fine 2/2" in stages
+    assert "fine 2/2" in stages and "fine spread 2/2" in stages
+    # Generated vertices take the calibrated confidence of their spread bin; observed ones 1.
+    spread = result.extras["vertex_spread"]
+    confidence = result.mesh.vertex_confidence
+    generated = confidence < 0.99
+    assert len(spread) == len(confidence) and 0.05 < generated.mean() < 0.95
+    fine_voxel = result.extras["cube_side"] / 128
+    d, s = bins(result.mesh.vertices, ~generated, fine_voxel, spread)
+    table = np.asarray(SPREAD_CONFIDENCE, np.float32)
+    assert np.array_equal(confidence[generated], table[d[generated], s[generated]])
     assert result.extras["fine"] == "on" and result.extras["fine_active_voxels"] > 100
     assert "fine" in result.stage_seconds
     report = json.loads(result.extras["rvc_view_losses"])
@@ -181,3 +191,9 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert off.extras["fine"] == "off"
     auto, _ = reconstruct_frames(frames, settings({"fine": "auto", "rvc": False}))
     assert auto.extras["fine"] == "on" and "rvc_view_losses" not in auto.extras
+    # One fine sample on the CPU: generated vertices by their distance from the observed ones.
+    assert auto.extras["confidence_samples"] == 1 and "vertex_spread" not in auto.extras
+    generated = auto.mesh.vertex_confidence < 0.99
+    d, _ = bins(auto.mesh.vertices, ~generated, fine_voxel, None)
+    table = np.asarray(DISTANCE_CONFIDENCE, np.float32)
+    assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])

@@ -1,0 +1,188 @@
+"""Per-vertex confidence of ``rvg``'s generated surface, calibrated on procedural objects.
+
+Observed vertices (a view sees them and, with depth, measures them there) keep the full
+confidence ``core/surface.py`` gives them. A generated vertex gets the probability that it lies
+within ``TOLERANCE_FINE_VOXELS`` of the true surface, as measured on held-out procedural
+objects (``calibrate`` below) for vertices like it, binned by
+
+- its distance from the nearest observed vertex (fine voxels): generation is surer next to
+  what a camera saw than far from it;
+- with two fine samples (``confidence_samples`` = 2; the default on CUDA, where a sample costs
+  0.07 s), also its *spread*: how far the second sample's surface is from the vertex (|SDF of
+  sample 2| at the vertex, fine voxels). With one (the default on the CPU, where a sample costs
+  seconds) the distance bins alone.
+
+    python -m rvg_ros.rvg.confidence --objects 16 --out results/rvg_confidence
+
+prints and writes the table that the constants below were copied from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from rvg_ros.core.types import TargetCube
+
+# Within this distance (fine voxels: 1/128 of the generation cube) a vertex counts as right.
+TOLERANCE_FINE_VOXELS = 2.0
+DISTANCE_EDGES = (4.0, 8.0, 16.0)  # fine voxels from the nearest observed vertex
+SPREAD_EDGES = (0.5, 1.0, 2.0)  # fine voxels between the two samples' surfaces
+# Calibrated (module docstring): P(within tolerance) per distance bin, and per (distance,
+# spread) bin.
+DISTANCE_CONFIDENCE = (0.3, 0.3, 0.3, 0.3)
+SPREAD_CONFIDENCE = (
+    (0.3, 0.3, 0.3, 0.3),
+    (0.3, 0.3, 0.3, 0.3),
+    (0.3, 0.3, 0.3, 0.3),
+    (0.3, 0.3, 0.3, 0.3),
+)
+
+
+def vertex_spread(second_sdf: np.ndarray, cube: TargetCube, vertices: np.ndarray) -> np.ndarray:
+    """|SDF| of the second fine sample at each vertex, in fine voxels."""
+    from rvg_ros.rvg.decode import sample_sdf  # decode needs Open3D; this module does not
+
+    fine_voxel = cube.side / second_sdf.shape[0]
+    return np.abs(sample_sdf(second_sdf, cube, vertices)) / fine_voxel
+
+
+def distance_to_observed(
+    vertices: np.ndarray, observed: np.ndarray, fine_voxel: float
+) -> np.ndarray:
+    """Distance of every vertex to the nearest observed one, fine voxels (inf: none observed)."""
+    if not observed.any():
+        return np.full(len(vertices), np.inf)
+    distance, _ = cKDTree(vertices[observed]).query(vertices)
+    return distance / fine_voxel
+
+
+def bins(
+    vertices: np.ndarray, observed: np.ndarray, fine_voxel: float, spread: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Distance bin of every vertex, and its spread bin (None without a spread)."""
+    d = np.digitize(distance_to_observed(vertices, observed, fine_voxel), DISTANCE_EDGES)
+    return d, None if spread is None else np.digitize(spread, SPREAD_EDGES)
+
+
+def generated_confidence(
+    confidence: np.ndarray,
+    vertices: np.ndarray,
+    observed: np.ndarray,
+    fine_voxel: float,
+    spread: np.ndarray | None,
+) -> np.ndarray:
+    """``confidence`` with the generated (not ``observed``) vertices set from the calibration."""
+    out = np.asarray(confidence, dtype=np.float32).copy()
+    d, s = bins(vertices, observed, fine_voxel, spread)
+    if s is None:
+        table = np.asarray(DISTANCE_CONFIDENCE, dtype=np.float32)
+        out[~observed] = table[d[~observed]]
+    else:
+        grid = np.asarray(SPREAD_CONFIDENCE, dtype=np.float32)
+        out[~observed] = grid[d[~observed], s[~observed]]
+    return out
+
+
+def calibrate(
+    objects: int, views: int, seed: int, weights_dir: str | None = None
+) -> dict[str, object]:
+    """Reconstruct held-out procedural objects (4 one-sided RGB-D views, two fine samples) and
+    measure, per spread bin, the share of generated vertices within tolerance of the truth."""
+    import open3d as o3d
+
+    from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
+    from rvg_ros.rvg.dataset import VAL_SEED_OFFSET
+    from rvg_ros.rvg.fine_latent import LatentConfig
+    from rvg_ros.sim.capture import render_frames
+    from rvg_ros.sim.objects import FAMILY_NAMES, make_object
+    from rvg_ros.sim.views import default_intrinsics, fit_radius, one_sided
+
+    shape = (len(DISTANCE_EDGES) + 1, len(SPREAD_EDGES) + 1)
+    hits, counts = np.zeros(shape), np.zeros(shape)
+    observed_hits = observed_count = 0
+    per_object = []
+    for i in range(objects):
+        obj = make_object(FAMILY_NAMES[i % len(FAMILY_NAMES)], VAL_SEED_OFFSET + 700 + i)
+        k = default_intrinsics(160, 160)
+        radius = fit_radius(np.linalg.norm(obj.bounds[1] - obj.bounds[0]), k)
+        rng = np.random.default_rng(seed + i)
+        poses = one_sided(views, radius, rng, obj.bounds.mean(axis=0))
+        frames = render_frames(obj.mesh, poses, k)
+        settings = ReconstructSettings(
+            backend="rvg",
+            device="cpu",
+            resolution=96,
+            cloud_points=1000,
+            seed=seed + i,
+            weights_dir=weights_dir,
+            backend_options={"fine": True, "confidence_samples": 2},
+        )
+        result, _ = reconstruct_frames(frames, settings)
+        spread = result.extras["vertex_spread"]
+        cube_side = float(result.extras["cube_side"])
+        fine_resolution = LatentConfig().fine_resolution
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(
+            o3d.core.Tensor(np.asarray(obj.mesh.vertices, np.float32)),
+            o3d.core.Tensor(np.asarray(obj.mesh.faces, np.uint32)),
+        )
+        query = o3d.core.Tensor(result.mesh.vertices.astype(np.float32))
+        distance = scene.compute_distance(query).numpy() / (cube_side / fine_resolution)
+        observed = result.mesh.vertex_confidence >= 0.99
+        right = distance <= TOLERANCE_FINE_VOXELS
+        observed_hits += int(right[observed].sum())
+        observed_count += int(observed.sum())
+        d, sp = bins(result.mesh.vertices, observed, cube_side / fine_resolution, spread)
+        assert sp is not None
+        gen = ~observed
+        np.add.at(hits, (d[gen], sp[gen]), right[gen])
+        np.add.at(counts, (d[gen], sp[gen]), 1)
+        per_object.append(
+            {
+                "object": obj.name,
+                "generated_vertices": int((~observed).sum()),
+                "generated_within": float(right[~observed].mean()) if (~observed).any() else None,
+                "observed_within": float(right[observed].mean()) if observed.any() else None,
+            }
+        )
+        print(json.dumps(per_object[-1]))
+
+    def rate(h: np.ndarray, c: np.ndarray) -> list:
+        return np.where(c > 0, np.round(h / np.maximum(c, 1), 3), np.nan).tolist()
+
+    return {
+        "tolerance_fine_voxels": TOLERANCE_FINE_VOXELS,
+        "distance_edges": list(DISTANCE_EDGES),
+        "spread_edges": list(SPREAD_EDGES),
+        "bin_vertices": counts.astype(int).tolist(),
+        "distance_confidence": rate(hits.sum(axis=1), counts.sum(axis=1)),
+        "spread_confidence": rate(hits, counts),
+        "spread_marginal": rate(hits.sum(axis=0), counts.sum(axis=0)),
+        "generated_within": round(float(hits.sum() / max(counts.sum(), 1)), 3),
+        "observed_within": round(observed_hits / max(observed_count, 1), 3),
+        "objects": per_object,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rvg_ros.rvg.confidence", description=__doc__)
+    parser.add_argument("--objects", type=int, default=16)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/rvg_confidence"))
+    parser.add_argument("--weights-dir", default=None, help="default: the shipped weights")
+    args = parser.parse_args(argv)
+    table = calibrate(args.objects, args.views, args.seed, args.weights_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "calibration.json").write_text(json.dumps(table, indent=2))
+    print(json.dumps({k: v for k, v in table.items() if k != "objects"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
