@@ -35,12 +35,16 @@ from rvg_ros.rvg.train import (
     learning_rate,
     list_samples,
     load_checkpoint,
+    plot_curves,
     rotate_views_z,
     rotate_z,
     save_checkpoint,
 )
 
 CHECKPOINT = "checkpoint.safetensors"
+# validation columns drawn in curves.png (SDF error in fine voxels, sign agreement near the
+# surface, colour error)
+FINE_VAL_CURVES = ("sdf_mae_voxels", "sign_near", "colour_mae")
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,7 @@ def train_fine(
             scores = validate(ema, val_pairs, config, lc)
             _append_csv(out / "val.csv", {"step": step, **scores})
             print(f"validation at {step}: {scores}")
+            plot_curves(out, FINE_VAL_CURVES)
     ema.save(out / FINE_WEIGHTS_NAME, {"step": str(step)})
     return out / FINE_WEIGHTS_NAME
 

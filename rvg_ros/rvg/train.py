@@ -240,7 +240,8 @@ def validate(model: RVGModel, val_files: list[Path], config: TrainConfig) -> dic
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def plot_curves(out: Path) -> None:
+def plot_curves(out: Path, val_keys: tuple[str, ...] = ("iou", "iou_unknown")) -> None:
+    """``curves.png`` in ``out`` from its loss.csv and val.csv (the columns ``val_keys``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +258,7 @@ def plot_curves(out: Path) -> None:
         axes[0].set_yscale("log")
     axes[0].set_title("flow-matching loss")
     axes[0].set_xlabel("step")
-    for key in ("iou", "iou_unknown"):
+    for key in val_keys:
         if val:
             axes[1].plot([int(r["step"]) for r in val], [float(r[key]) for r in val], label=key)
     axes[1].set_title("validation (held-out procedural)")
