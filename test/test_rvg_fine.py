@@ -559,13 +559,17 @@ def test_training_runs_resumes_exactly_and_validates(tmp_path: Path) -> None:
     )
     args = (tmp_path / "coarse", tmp_path / "fine")
     whole = train_fine(*args, tmp_path / "whole", config, TINY)
-    train_fine(*args, tmp_path / "split", replace(config, steps=2), TINY)
+    # Stopped after step 3 (not a checkpoint step) by stop_at, which keeps the schedule, then
+    # resumed by the same command without it.
+    stopped = train_fine(*args, tmp_path / "split", config, TINY, stop_at=3)
+    assert FineModel.load(stopped) is not None
     resumed = train_fine(*args, tmp_path / "split", config, TINY)
     a, b = FineModel.load(whole), FineModel.load(resumed)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=k)
     assert (tmp_path / "whole" / "loss.csv").read_text().count("\n") == 3
     assert "sdf_mae_voxels" in (tmp_path / "whole" / "val.csv").read_text()
+    assert (tmp_path / "whole" / "curves.png").stat().st_size > 0
 
 
 def test_fine_samples_extend_part1_samples_deterministically(tmp_path: Path) -> None:

@@ -261,8 +261,11 @@ def train_fine(
     out: Path,
     config: FineTrainConfig,
     model_config: FineModelConfig,
+    stop_at: int | None = None,
 ) -> Path:
-    """Train (or resume) and return the path of the EMA weights."""
+    """Train (or resume) and return the path of the EMA weights. ``stop_at`` ends the run
+    after that step (checkpoint and weights saved) without changing its schedule: the same
+    command without it resumes to ``config.steps`` exactly as an uninterrupted run."""
     torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -296,7 +299,8 @@ def train_fine(
         raise RuntimeError(f"no paired training samples in {coarse}/train and {fine}/train")
     lc = model_config.latent
     running, t0 = [], time.monotonic()
-    while step < config.steps:
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    while step < end:
         rng = np.random.default_rng([config.seed, step])
         picks = rng.choice(len(train_pairs), config.batch)
         batch = collate_fine([load_fine_item(*train_pairs[i], rng, config, lc) for i in picks])
@@ -338,10 +342,10 @@ def train_fine(
                 )
             )
             running = []
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step in (config.steps, end):
             save_checkpoint(out / CHECKPOINT, model, ema, optimizer, step, config)
             ema.save(out / FINE_WEIGHTS_NAME, {"step": str(step)})
-        if val_pairs and (step % config.validate_every == 0 or step == config.steps):
+        if val_pairs and (step % config.validate_every == 0 or step in (config.steps, end)):
             ema.eval()
             scores = validate(ema, val_pairs, config, lc)
             _append_csv(out / "val.csv", {"step": step, **scores})
@@ -366,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--coarse", default="data/rvg")
     fit.add_argument("--fine", default="data/rvg_fine")
     fit.add_argument("--out", default="runs/rvg_fine")
+    fit.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this step (the schedule stays)"
+    )
     for field_name, default in asdict(FineTrainConfig()).items():
         fit.add_argument(f"--{field_name.replace('_', '-')}", type=type(default), default=default)
     args = parser.parse_args(argv)
@@ -389,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config = FineTrainConfig(**{k: getattr(args, k) for k in asdict(FineTrainConfig())})
     weights = train_fine(
-        Path(args.coarse), Path(args.fine), Path(args.out), config, FineModelConfig()
+        Path(args.coarse), Path(args.fine), Path(args.out), config, FineModelConfig(), args.stop_at
     )
     print(f"weights: {weights}")
     return 0
