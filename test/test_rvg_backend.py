@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,26 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     d, _ = bins(auto.mesh.vertices, ~generated, fine_voxel, None)
     table = np.asarray(DISTANCE_CONFIDENCE, np.float32)
     assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])
+
+
+def test_shipped_fine_weights_load_and_complete_an_unseen_object(one_sided_can) -> None:
+    from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
+
+    path = SHIPPED_WEIGHTS / FINE_WEIGHTS_NAME
+    assert path.stat().st_size < 25 * 2**20
+    assert FineModel.load(path).config.latent.fine_resolution == 128
+    frames, obj = one_sided_can
+    settings = ReconstructSettings(
+        backend="rvg",
+        resolution=64,
+        cloud_points=5000,
+        backend_options={"steps": 10, "fine": True, "fine_steps": 6},
+    )
+    result, _ = reconstruct_frames(frames, settings)
+    assert result.extras["fine"] == "on"
+    m = unit_cube_metrics((result.mesh.vertices, result.mesh.triangles), obj.mesh, n_points=20_000)
+    part1, _ = reconstruct_frames(frames, replace(settings, backend_options={"steps": 10}))
+    p = unit_cube_metrics((part1.mesh.vertices, part1.mesh.triangles), obj.mesh, n_points=20_000)
+    # Measured (the shipped weights, 6 fine steps): F@0.05 0.994 with the fine stage, 1.000
+    # with part 1 alone; on YCB the fine stage is not better yet (docs/results.md, Table 2).
+    assert m.fscore[0.05] > 0.98 and m.fscore[0.05] > p.fscore[0.05] - 0.02, (m, p)

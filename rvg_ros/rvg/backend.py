@@ -90,9 +90,11 @@ class RVGSettings:
     start_time: float | None = None
     # Thickness (fine voxels) behind a measured surface before the generator decides.
     min_wall_voxels: float = MIN_WALL_VOXELS
-    # Fine stage (part 2). None: run it when the fine weights (rvg_fine.safetensors) are in
-    # ``weights_dir`` or shipped; True: require them; False: coarse shape only (part 1).
-    fine: bool | None = None
+    # Fine stage (part 2). False (default): coarse shape only (part 1); True: require the fine
+    # weights (rvg_fine.safetensors in ``weights_dir``, or shipped); None ("auto"): run it when
+    # they are there. Off by default: with the shipped fine weights (2,000 of 3,000 steps) YCB
+    # dev got worse, not better (F@0.05 0.952 vs 0.964 RGB-D; docs/results.md, Table 2).
+    fine: bool | None = False
     fine_steps: int = FineConfig.steps
     fine_cfg_scale: float = FineConfig.cfg_scale
     # Rendering-aware velocity compensation during the fine stage (generate.FineConfig).
@@ -129,7 +131,7 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
-            fine=_optional_bool(extra.get("fine")),
+            fine=_optional_bool(extra.get("fine", RVGSettings.fine)),
             fine_steps=int(extra.get("fine_steps", RVGSettings.fine_steps)),
             fine_cfg_scale=float(extra.get("fine_cfg_scale", RVGSettings.fine_cfg_scale)),
             rvc=bool(_optional_bool(extra.get("rvc", RVGSettings.rvc))),
