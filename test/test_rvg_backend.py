@@ -192,7 +192,7 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert off.extras["fine"] == "off"
     auto, _ = reconstruct_frames(frames, settings({"fine": "auto", "rvc": False}))
     assert auto.extras["fine"] == "on" and "rvc_view_losses" not in auto.extras
-    # One fine sample on the CPU: generated vertices by their distance from the observed ones.
+    # One fine sample (the default): generated vertices by their distance from the observed ones.
     assert auto.extras["confidence_samples"] == 1 and "vertex_spread" not in auto.extras
     generated = auto.mesh.vertex_confidence < 0.99
     d, _ = bins(auto.mesh.vertices, ~generated, fine_voxel, None)
