@@ -12,7 +12,7 @@ measurements + the generated shape), colour (+ confidence), sample (point cloud)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -96,27 +96,15 @@ class RVGSettings:
     # they are there. Off by default: with the shipped fine weights (2,000 of 3,000 steps) YCB
     # dev got worse, not better (F@0.05 0.952 vs 0.964 RGB-D; docs/results.md, Table 2).
     fine: bool | None = False
-    fine_steps: int = FineConfig.steps
-    fine_cfg_scale: float = FineConfig.cfg_scale
-    # Rendering-aware velocity compensation during the fine stage (generate.FineConfig).
-    rvc: bool = FineConfig.rvc
-    rvc_strength: float = FineConfig.rvc_strength
-    rvc_t_start: float = FineConfig.rvc_t_start
-    rvc_view_size: int = FineConfig.rvc_view_size
+    # Its sampling and rendering-aware velocity compensation (options fine_steps,
+    # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size).
+    fine_sampling: FineConfig = field(default_factory=FineConfig)
     # Gaussian smoothing of the fine SDF (fine voxels) before decode; 0 = none.
     fine_smoothing: float = 0.0
     # Fine samples drawn for the confidence of generated vertices (rvg/confidence.py): 2 adds
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
     confidence_samples: int = 1
-
-
-def _optional_bool(value: object) -> bool | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("auto", "")):
-        return None
-    if isinstance(value, str):
-        return value.lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class RVGBackend:
@@ -135,13 +123,16 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
-            fine=_optional_bool(extra.get("fine", RVGSettings.fine)),
-            fine_steps=int(extra.get("fine_steps", RVGSettings.fine_steps)),
-            fine_cfg_scale=float(extra.get("fine_cfg_scale", RVGSettings.fine_cfg_scale)),
-            rvc=bool(_optional_bool(extra.get("rvc", RVGSettings.rvc))),
-            rvc_strength=float(extra.get("rvc_strength", RVGSettings.rvc_strength)),
-            rvc_t_start=float(extra.get("rvc_t_start", RVGSettings.rvc_t_start)),
-            rvc_view_size=int(extra.get("rvc_view_size", RVGSettings.rvc_view_size)),
+            # Option values arrive parsed ("true" -> True, parse_backend_spec); "auto" stays text.
+            fine=None if extra.get("fine") == "auto" else bool(extra.get("fine", RVGSettings.fine)),
+            fine_sampling=FineConfig(
+                steps=int(extra.get("fine_steps", FineConfig.steps)),
+                cfg_scale=float(extra.get("fine_cfg_scale", FineConfig.cfg_scale)),
+                rvc=bool(extra.get("rvc", FineConfig.rvc)),
+                rvc_strength=float(extra.get("rvc_strength", FineConfig.rvc_strength)),
+                rvc_t_start=float(extra.get("rvc_t_start", FineConfig.rvc_t_start)),
+                rvc_view_size=int(extra.get("rvc_view_size", FineConfig.rvc_view_size)),
+            ),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
         )
@@ -196,7 +187,7 @@ class RVGBackend:
                     prior,
                     occupancy,
                     capture.frames,
-                    self.fine_config(),
+                    s.fine_sampling,
                     seed,
                     device,
                     on_step=lambda k, n: sub(k / n / samples, f"fine {k}/{n}"),
@@ -208,13 +199,13 @@ class RVGBackend:
                         prior,
                         occupancy,
                         capture.frames,
-                        replace(self.fine_config(), rvc=False),
+                        replace(s.fine_sampling, rvc=False),
                         seed + 1,
                         device,
                         on_step=lambda k, n: sub(0.5 + k / n / 2, f"fine spread {k}/{n}"),
                     )
-        if fine_sdf is not None and s.fine_smoothing > 0:
-            fine_sdf = gaussian_filter(fine_sdf, s.fine_smoothing)
+                if s.fine_smoothing > 0:
+                    fine_sdf = gaussian_filter(fine_sdf, s.fine_smoothing)
         with timer.stage("decode"):
             vertices, triangles, voxel = decode_surface(
                 occupancy,
@@ -310,33 +301,22 @@ class RVGBackend:
             start_time=s.start_time or (1.0 if use_depth else RGB_START_TIME),
         )
 
-    def fine_config(self) -> FineConfig:
-        s = self.settings
-        return FineConfig(
-            steps=s.fine_steps,
-            cfg_scale=s.fine_cfg_scale,
-            rvc=s.rvc,
-            rvc_strength=s.rvc_strength,
-            rvc_t_start=s.rvc_t_start,
-            rvc_view_size=s.rvc_view_size,
-        )
-
     def _fine_report(self, fine: FineSample | None) -> dict[str, object]:
         """What the fine stage did, for result.json: active voxels, steps, and per compensated
         step the per-view rendering losses before and after RVC."""
         if fine is None:
             return {"fine": "off"}
-        s = self.settings
+        f = self.settings.fine_sampling
         report: dict[str, object] = {
             "fine": "on",
             "fine_active_voxels": int(len(fine.coords)),
-            "fine_steps": s.fine_steps,
-            "fine_cfg_scale": s.fine_cfg_scale,
-            "rvc": s.rvc,
+            "fine_steps": f.steps,
+            "fine_cfg_scale": f.cfg_scale,
+            "rvc": f.rvc,
         }
-        if s.rvc:
-            report["rvc_strength"] = s.rvc_strength
-            report["rvc_t_start"] = s.rvc_t_start
+        if f.rvc:
+            report["rvc_strength"] = f.rvc_strength
+            report["rvc_t_start"] = f.rvc_t_start
             # Scalars only in result.json: the per-step, per-view losses as one JSON string.
             report["rvc_view_losses"] = json.dumps(
                 [

@@ -38,21 +38,22 @@ def lattice_points(origin: np.ndarray, size: int, voxel: float) -> np.ndarray:
     return grid + origin
 
 
+def interpolate_cube_grid(grid: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a cube grid (voxel-centre samples) at world points; outside
+    the grid the nearest value."""
+    index = (cube.to_unit(points) + 0.5) * grid.shape[0] - 0.5
+    return map_coordinates(grid.astype(np.float32), index.T, order=1, mode="nearest")
+
+
 def upsample_occupancy(coarse: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of a coarse cube grid (voxel-centre samples) at world points."""
-    res = coarse.shape[0]
-    index = (cube.to_unit(points) + 0.5) * res - 0.5
-    smooth = gaussian_filter(coarse.astype(np.float32), 0.6)
-    return map_coordinates(smooth, index.T, order=1, mode="nearest")
+    """The coarse occupancy, smoothed, at world points."""
+    return interpolate_cube_grid(gaussian_filter(coarse.astype(np.float32), 0.6), cube, points)
 
 
 def sample_sdf(sdf: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of a cube SDF grid (voxel-centre samples, cube units) at world
-    points, in metres. Outside the grid the nearest value (the fine field's fill there is
-    "outside")."""
-    res = sdf.shape[0]
-    index = (cube.to_unit(points) + 0.5) * res - 0.5
-    return map_coordinates(sdf.astype(np.float32), index.T, order=1, mode="nearest") * cube.side
+    """A cube SDF grid (cube units) at world points, in metres (outside the grid the nearest
+    value: the fine field's fill there is "outside")."""
+    return interpolate_cube_grid(sdf, cube, points) * cube.side
 
 
 def generated_distance(

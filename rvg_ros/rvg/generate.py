@@ -33,16 +33,19 @@ StepFn = Callable[[int, int], None]
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
-_MODEL_CACHE: dict[tuple[str, str], RVGModel | FineModel] = {}
+_MODEL_CACHE: dict[tuple[str, str], object] = {}
+
+
+def _cached(path: Path, device: str, load: Callable[[Path, str], object]) -> object:
+    key = (str(path.resolve()), device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load(path, device)
+    return _MODEL_CACHE[key]
 
 
 def load_model(weights_dir: str | None, device: str) -> RVGModel:
     """The generator from ``weights_dir`` (or the weights shipped with the package), cached."""
-    path = Path(weights_dir or SHIPPED_WEIGHTS) / WEIGHTS_NAME
-    key = (str(path.resolve()), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = RVGModel.load(path, device)
-    model = _MODEL_CACHE[key]
+    model = _cached(Path(weights_dir or SHIPPED_WEIGHTS) / WEIGHTS_NAME, device, RVGModel.load)
     assert isinstance(model, RVGModel)
     return model
 
@@ -58,10 +61,7 @@ def load_fine_model(weights_dir: str | None, device: str, required: bool) -> Fin
                 "'python -m rvg_ros.rvg.fine_train fit' or set fine: false"
             )
         return None
-    key = (str(path.resolve()), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE[key] = FineModel.load(path, device)
-    model = _MODEL_CACHE[key]
+    model = _cached(path, device, FineModel.load)
     assert isinstance(model, FineModel)
     return model
 
