@@ -618,3 +618,76 @@ def test_view_encoder_starts_from_the_shipped_part1_encoder() -> None:
         assert torch.equal(v, tensors[f"encoder.{k}"]), k
     assert not init_encoder(FineModel(TINY), "shipped")  # another shape: left as it is
     assert not init_encoder(model, "")
+
+
+def test_predicted_occupancy_samples_keep_the_occupancy_their_targets_sit_on(
+    tmp_path: Path,
+) -> None:
+    from rvg_ros.rvg.dataset import occupancy_grid
+    from rvg_ros.rvg.fine_data import make_fine_sample, predicted_occupancy
+    from rvg_ros.rvg.fine_train import load_fine_item
+    from rvg_ros.rvg.model import ModelConfig, RVGModel
+    from rvg_ros.sim.objects import make_object
+
+    coarse_model = RVGModel(
+        ModelConfig(
+            resolution=16,
+            view_size=32,
+            cond_dim=32,
+            encoder_depth=1,
+            condition_depth=1,
+            condition_tokens=8,
+            flow_dim=32,
+            flow_depth=1,
+            heads=2,
+        )
+    ).eval()
+    _randomise(coarse_model)
+    seed = 1_000_005
+    obj = make_object(None, seed)
+    cube = TargetCube(center=obj.bounds.mean(axis=0), side=1.4 * obj.extent)
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {"seed": np.array(seed)}
+    for m in ("rgbd", "rgb"):
+        arrays[f"{m}_cube"] = np.array([*cube.center, cube.side])
+        arrays[f"{m}_occupancy"] = occupancy_grid(obj, cube, 16, 2)
+        arrays[f"{m}_evidence"] = rng.integers(0, 3, (16,) * 3).astype(np.uint8)
+        arrays[f"{m}_views"] = rng.normal(size=(3, 12, 32, 32)).astype(np.float16)
+    coarse_path = tmp_path / f"{seed:08d}.npz"
+    np.savez(coarse_path, **arrays)
+    sample = make_fine_sample(coarse_path, TINY_LATENT, coarse_model)
+    fine_path = tmp_path / "fine.npz"
+    np.savez(fine_path, **sample)
+    for m in ("rgbd", "rgb"):
+        expected = predicted_occupancy(
+            coarse_model, cube, arrays[f"{m}_evidence"], arrays[f"{m}_views"], m == "rgbd", seed
+        )
+        stored = sample[f"{m}_occupancy"].astype(np.float32)
+        np.testing.assert_allclose(stored, expected, atol=1e-3)  # float16, seeded: the same
+        np.testing.assert_array_equal(sample[f"{m}_coords"], active_voxels(stored))
+        # Training reads the predicted occupancy, not the sample's true one.
+        item = load_fine_item(
+            coarse_path, fine_path, rng, FineTrainConfig(), TINY_LATENT, m, augment=False
+        )
+        np.testing.assert_array_equal(item["occupancy"], stored)
+        assert not np.array_equal(item["occupancy"], arrays[f"{m}_occupancy"])
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "coarse" / split).mkdir(parents=True)
+        (tmp_path / "fine" / split).mkdir(parents=True)
+        _write_pair(tmp_path / "coarse" / split, tmp_path / "fine" / split, 0)
+    start = FineModel(TINY)
+    _randomise(start, seed=3)
+    start.save(tmp_path / "start.safetensors", {})
+    args = (tmp_path / "coarse", tmp_path / "fine")
+    # Learning rate 0: the run's weights are the ones it started from, exactly.
+    config = FineTrainConfig(
+        steps=2, batch=1, lr=0.0, warmup=1, val_samples=0, init=str(tmp_path / "start.safetensors")
+    )
+    tuned = FineModel.load(train_fine(*args, tmp_path / "run", config, TINY))
+    for (k, x), (_, y) in zip(tuned.state_dict().items(), start.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+    with pytest.raises(ValueError, match="model config differs"):
+        train_fine(*args, tmp_path / "other", config, replace(TINY, flow_depth=1))

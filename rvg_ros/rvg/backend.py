@@ -34,6 +34,7 @@ from rvg_ros.rvg.confidence import generated_confidence, vertex_spread
 from rvg_ros.rvg.decode import MIN_WALL_VOXELS, decode_surface
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import (
+    RGB_START_TIME,
     CoarseConfig,
     FineConfig,
     PriorInputs,
@@ -57,7 +58,6 @@ from rvg_ros.rvg.prior import (
 # virtual views (an axis of revolution has 7; the three furthest turns cover the back).
 MAX_ENCODED_VIEWS = 8
 MAX_SYMMETRY_TRANSFORMS = 3
-RGB_START_TIME = 0.5
 _STAGES = {
     "symmetry": 2.5,
     "prior": 0.5,

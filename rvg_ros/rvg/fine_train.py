@@ -7,12 +7,19 @@ to ``loss.csv``, validation to ``val.csv``.
 
 Data: the part-1 samples (``rvg-ros train data``, e.g. ``data/rvg/{train,val}``) give views,
 evidence, cube and coarse occupancy; ``fine_train data`` adds the fine targets
-(``fine_data.make_fine_sample``) under the same file names in another folder. Training uses
-the ground-truth coarse occupancy for the active voxels (the coarse stage's output at
-inference).
+(``fine_data.make_fine_sample``) under the same file names in another folder. The active
+voxels come from the ground-truth coarse occupancy, or with ``data --predicted`` from the
+shipped coarse model's prediction (stored in the fine file, and then used in training too):
+what the fine stage sees at inference. The shipped weights are a run on ground truth,
+fine-tuned (``--init``) on predicted occupancies:
 
     python -m rvg_ros.rvg.fine_train data --coarse data/rvg --out data/rvg_fine --limit 2000
     python -m rvg_ros.rvg.fine_train fit --coarse data/rvg --fine data/rvg_fine --out runs/rvg_fine
+    python -m rvg_ros.rvg.fine_train data --coarse data/rvg --out data/rvg_fine_pred \
+        --predicted --limit 600 --val-limit 8 --workers 2
+    python -m rvg_ros.rvg.fine_train fit --coarse data/rvg --fine data/rvg_fine_pred \
+        --out runs/rvg_fine_pred --init runs/rvg_fine/rvg_fine.safetensors \
+        --steps 800 --lr 1e-4 --warmup 50
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class FineTrainConfig:
     # Start the view encoder from part 1's (same shape): "shipped" = the weights shipped with
     # the package, or a path; "" to start from scratch.
     init_encoder: str = "shipped"
+    # Start the whole model from these fine-stage weights (fine-tuning); "" = no.
+    init: str = ""
 
 
 # --------------------------------------------------------------------------- data
@@ -109,6 +118,8 @@ def load_fine_item(
     with np.load(fine_path) as fine:
         coords = fine[f"{modality}_coords"].astype(np.int64)
         latent = fine[f"{modality}_latent"].astype(np.float32)
+        if f"{modality}_occupancy" in fine.files:  # the predicted occupancy the targets sit on
+            occupancy = fine[f"{modality}_occupancy"].astype(np.float32)
     if len(views) > config.max_views:
         views = views[np.sort(rng.choice(len(views), config.max_views, replace=False))]
     if len(coords) > config.max_tokens:
@@ -270,7 +281,12 @@ def train_fine(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = FineModel(model_config)
-    if init_encoder(model, config.init_encoder):
+    if config.init:
+        model = FineModel.load(Path(config.init))
+        if model.config != model_config:
+            raise ValueError(f"--init {config.init}: its model config differs from this run's")
+        print(f"fine model initialised from {config.init}")
+    elif init_encoder(model, config.init_encoder):
         print(f"view encoder initialised from {config.init_encoder}")
     ema = FineModel(model_config)
     ema.load_state_dict(model.state_dict())
@@ -366,6 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--limit", type=int, default=None, help="first N training samples")
     data.add_argument("--val-limit", type=int, default=None, help="first N validation samples")
     data.add_argument("--workers", type=int, default=1)
+    data.add_argument(
+        "--predicted",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="WEIGHTS_DIR",
+        help="active voxels from the coarse model's prediction (shipped weights, or this folder)",
+    )
     fit = sub.add_parser("fit", help="train the fine stage (resumes from OUT/checkpoint)")
     fit.add_argument("--coarse", default="data/rvg")
     fit.add_argument("--fine", default="data/rvg_fine")
@@ -382,13 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         for split, limit in (("val", args.val_limit), ("train", args.limit)):
             src, dst = Path(args.coarse) / split, Path(args.out) / split
             if args.workers <= 1:
-                total += generate_fine(src, dst, config, limit)
+                total += generate_fine(src, dst, config, limit, predicted=args.predicted)
                 continue
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(args.workers) as pool:
                 jobs = [
-                    pool.submit(generate_fine, src, dst, config, limit, args.workers, k)
+                    pool.submit(
+                        generate_fine, src, dst, config, limit, args.workers, k, args.predicted
+                    )
                     for k in range(args.workers)
                 ]
                 total += sum(job.result() for job in jobs)

@@ -104,6 +104,11 @@ class PriorInputs:
             )
 
 
+# Without depth, coarse sampling starts at this time from the evidence's visual hull (SDEdit;
+# see ``RVGSettings.start_time``).
+RGB_START_TIME = 0.5
+
+
 @dataclass(frozen=True)
 class CoarseConfig:
     steps: int = 30  # paper: 30 Euler steps for the sparse structure
