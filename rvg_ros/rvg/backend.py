@@ -91,11 +91,13 @@ class RVGSettings:
     start_time: float | None = None
     # Thickness (fine voxels) behind a measured surface before the generator decides.
     min_wall_voxels: float = MIN_WALL_VOXELS
-    # Fine stage (part 2). False (default): coarse shape only (part 1); True: require the fine
-    # weights (rvg_fine.safetensors in ``weights_dir``, or shipped); None ("auto"): run it when
-    # they are there. Off by default: with the shipped fine weights (2,000 of 3,000 steps) YCB
-    # dev got worse, not better (F@0.05 0.952 vs 0.964 RGB-D; docs/results.md, Table 2).
-    fine: bool | None = False
+    # Fine stage (part 2). False: coarse shape only (part 1); True: require the fine weights
+    # (rvg_fine.safetensors in ``weights_dir``, or shipped); "auto": run it when they are there;
+    # "no_depth" (default): as "auto", but only for captures without depth. Measured on YCB dev
+    # (docs/results.md, Table 2) with the shipped fine weights: without depth it beats part 1
+    # (F@0.05 0.735 vs 0.704, CD-L2 18.8 vs 23.6 x10^-3, better on 16/18 objects); with depth it
+    # does not (0.956 vs 0.964): there the measured surface already decides most of the shape.
+    fine: bool | str = "no_depth"
     # Its sampling and rendering-aware velocity compensation (options fine_steps,
     # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size).
     fine_sampling: FineConfig = field(default_factory=FineConfig)
@@ -105,6 +107,18 @@ class RVGSettings:
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
     confidence_samples: int = 1
+
+
+FINE_MODES = (True, False, "auto", "no_depth")
+
+
+def fine_mode(value: object) -> bool | str:
+    """The ``fine`` option (values arrive parsed: "true" -> True, parse_backend_spec)."""
+    for mode in FINE_MODES:
+        # ``is`` for the bools: 1 == True, and a misspelt mode must not pass as one.
+        if value is mode or (isinstance(mode, str) and value == mode):
+            return mode
+    raise ValueError(f"rvg option fine must be one of true, false, auto, no_depth; got {value!r}")
 
 
 class RVGBackend:
@@ -123,8 +137,7 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
-            # Option values arrive parsed ("true" -> True, parse_backend_spec); "auto" stays text.
-            fine=None if extra.get("fine") == "auto" else bool(extra.get("fine", RVGSettings.fine)),
+            fine=fine_mode(extra.get("fine", RVGSettings.fine)),
             fine_sampling=FineConfig(
                 steps=int(extra.get("fine_steps", FineConfig.steps)),
                 cfg_scale=float(extra.get("fine_cfg_scale", FineConfig.cfg_scale)),
@@ -145,8 +158,8 @@ class RVGBackend:
         s = self.settings
         fine_model = (
             None
-            if s.fine is False
-            else load_fine_model(self.options.weights_dir, device, required=bool(s.fine))
+            if s.fine is False or (s.fine == "no_depth" and capture.has_depth)
+            else load_fine_model(self.options.weights_dir, device, required=s.fine is True)
         )
         if not capture.has_depth and not capture.has_masks:
             raise ReconstructionError("rvg needs depth or object masks in every view")
@@ -236,6 +249,7 @@ class RVGBackend:
                     observed,
                     prior.cube.side / fine_model.config.latent.fine_resolution,
                     spread,
+                    prior.use_depth,
                 )
         with timer.stage("sample"):
             cloud = sample_cloud(mesh, self.options.cloud_points, capture.seed)

@@ -12,7 +12,8 @@ objects (``calibrate`` below) for vertices like it, binned by
   at the vertex, fine voxels). Measured, the spread does not help (below), so the default is
   one sample and the distance bins alone.
 
-    python -m rvg_ros.rvg.confidence --objects 16 --out results/rvg_confidence
+    python -m rvg_ros.rvg.confidence --objects 12 --out results/rvg_confidence
+    python -m rvg_ros.rvg.confidence --objects 8 --modality rgb --out results/rvg_confidence_rgb
 
 prints and writes the table that the constants below were copied from.
 """
@@ -34,15 +35,20 @@ DISTANCE_EDGES = (4.0, 8.0, 16.0)  # fine voxels from the nearest observed verte
 SPREAD_EDGES = (0.5, 1.0, 2.0)  # fine voxels between the two samples' surfaces
 # Calibrated (module docstring): P(within tolerance) per distance bin, and per (distance,
 # spread) bin, from ``results/rvg_confidence/calibration.json`` (12 held-out procedural objects,
-# 4 one-sided RGB-D views, the shipped weights; 200k generated vertices). Observed vertices: 1.00.
-# The spread does not separate good from bad generated vertices here (per spread bin, nearest
-# first: 0.56, 0.59, 0.62, 0.64), so one sample is the default on every device.
-DISTANCE_CONFIDENCE = (0.851, 0.453, 0.464, 0.301)
+# 4 one-sided RGB-D views, the shipped weights; 158k generated vertices). Observed vertices: 1.00.
+# The spread hardly separates good from bad generated vertices within a distance bin (nearest
+# bin: 0.85 -> 0.81 from the smallest spread to the largest, the others flat), so one sample is
+# the default on every device.
+DISTANCE_CONFIDENCE = (0.830, 0.462, 0.495, 0.293)
+# The same without depth, where the fine stage runs by default: ``--modality rgb``
+# (``results/rvg_confidence_rgb``, 8 objects, 4 one-sided RGB + mask views, 105k generated
+# vertices). Generation from silhouettes alone is far less sure away from what was seen.
+DISTANCE_CONFIDENCE_RGB = (0.505, 0.286, 0.092, 0.001)
 SPREAD_CONFIDENCE = (
-    (0.865, 0.870, 0.868, 0.805),
-    (0.417, 0.440, 0.444, 0.511),
-    (0.378, 0.408, 0.444, 0.612),
-    (0.248, 0.245, 0.283, 0.406),
+    (0.845, 0.852, 0.834, 0.807),
+    (0.454, 0.472, 0.471, 0.455),
+    (0.486, 0.481, 0.477, 0.517),
+    (0.305, 0.289, 0.275, 0.299),
 )
 
 
@@ -78,12 +84,16 @@ def generated_confidence(
     observed: np.ndarray,
     fine_voxel: float,
     spread: np.ndarray | None,
+    use_depth: bool = True,
 ) -> np.ndarray:
-    """``confidence`` with the generated (not ``observed``) vertices set from the calibration."""
+    """``confidence`` with the generated (not ``observed``) vertices set from the calibration
+    (RGB-D's, or without depth RGB + masks' for the distance bins)."""
     out = np.asarray(confidence, dtype=np.float32).copy()
     d, s = bins(vertices, observed, fine_voxel, spread)
     if s is None:
-        table = np.asarray(DISTANCE_CONFIDENCE, dtype=np.float32)
+        table = np.asarray(
+            DISTANCE_CONFIDENCE if use_depth else DISTANCE_CONFIDENCE_RGB, dtype=np.float32
+        )
         out[~observed] = table[d[~observed]]
     else:
         grid = np.asarray(SPREAD_CONFIDENCE, dtype=np.float32)
@@ -92,10 +102,13 @@ def generated_confidence(
 
 
 def calibrate(
-    objects: int, views: int, seed: int, weights_dir: str | None = None
+    objects: int, views: int, seed: int, weights_dir: str | None = None, modality: str = "rgbd"
 ) -> dict[str, object]:
-    """Reconstruct held-out procedural objects (4 one-sided RGB-D views, two fine samples) and
-    measure, per spread bin, the share of generated vertices within tolerance of the truth."""
+    """Reconstruct held-out procedural objects (4 one-sided views, RGB-D or RGB + masks, two
+    fine samples) and measure, per spread bin, the share of generated vertices within tolerance
+    of the truth."""
+    from dataclasses import replace
+
     import open3d as o3d
 
     from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
@@ -116,6 +129,8 @@ def calibrate(
         rng = np.random.default_rng(seed + i)
         poses = one_sided(views, radius, rng, obj.bounds.mean(axis=0))
         frames = render_frames(obj.mesh, poses, k)
+        if modality == "rgb":
+            frames = [replace(f, depth=None) for f in frames]
         settings = ReconstructSettings(
             backend="rvg",
             device="cpu",
@@ -179,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/rvg_confidence"))
     parser.add_argument("--weights-dir", default=None, help="default: the shipped weights")
+    parser.add_argument("--modality", choices=("rgbd", "rgb"), default="rgbd")
     args = parser.parse_args(argv)
-    table = calibrate(args.objects, args.views, args.seed, args.weights_dir)
+    table = calibrate(args.objects, args.views, args.seed, args.weights_dir, args.modality)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration.json").write_text(json.dumps(table, indent=2))
     print(json.dumps({k: v for k, v in table.items() if k != "objects"}, indent=2))
