@@ -34,11 +34,11 @@ from rvg_ros.rvg.confidence import generated_confidence, vertex_spread
 from rvg_ros.rvg.decode import MIN_WALL_VOXELS, decode_surface
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import (
-    RGB_START_TIME,
     CoarseConfig,
     FineConfig,
     PriorInputs,
     coarse_condition,
+    default_start_time,
     generate_fine,
     load_fine_model,
     load_model,
@@ -312,7 +312,7 @@ class RVGBackend:
             cfg_scale=s.cfg_scale,
             use_condition=s.use_condition,
             enforce_evidence=s.enforce_evidence,
-            start_time=s.start_time or (1.0 if use_depth else RGB_START_TIME),
+            start_time=s.start_time or default_start_time(use_depth),
         )
 
     def _fine_report(self, fine: FineSample | None) -> dict[str, object]:

@@ -28,10 +28,10 @@ from rvg_ros.core.types import TargetCube
 from rvg_ros.rvg.dataset import MODALITIES, sample_path
 from rvg_ros.rvg.fine_latent import LatentConfig, active_voxels, sub_voxel_centres
 from rvg_ros.rvg.generate import (
-    RGB_START_TIME,
     CoarseConfig,
     PriorInputs,
     coarse_condition,
+    default_start_time,
     load_model,
     sample_coarse,
 )
@@ -99,7 +99,7 @@ def predicted_occupancy(
     """The coarse occupancy inference would give for a sample's views and evidence: the
     backend's default sampling (30 steps, CFG 7.5, from the hull without depth), seeded."""
     prior = PriorInputs(cube, evidence, views.astype(np.float32), use_depth, None)
-    config = CoarseConfig(start_time=1.0 if use_depth else RGB_START_TIME)
+    config = CoarseConfig(start_time=default_start_time(use_depth))
     onehot, condition = coarse_condition(model, prior, config, "cpu")
     return sample_coarse(model, prior, onehot, condition, config, seed, "cpu")
 

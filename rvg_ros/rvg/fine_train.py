@@ -16,7 +16,7 @@ fine-tuned (``--init``) on predicted occupancies:
     python -m rvg_ros.rvg.fine_train data --coarse data/rvg --out data/rvg_fine --limit 2000
     python -m rvg_ros.rvg.fine_train fit --coarse data/rvg --fine data/rvg_fine --out runs/rvg_fine
     python -m rvg_ros.rvg.fine_train data --coarse data/rvg --out data/rvg_fine_pred \
-        --predicted --limit 600 --val-limit 8 --workers 2
+        --predicted --limit 400 --val-limit 8 --workers 2
     python -m rvg_ros.rvg.fine_train fit --coarse data/rvg --fine data/rvg_fine_pred \
         --out runs/rvg_fine_pred --init runs/rvg_fine/rvg_fine.safetensors \
         --steps 800 --lr 1e-4 --warmup 50
@@ -111,15 +111,17 @@ def load_fine_item(
     augment: bool = True,
 ) -> dict[str, np.ndarray]:
     modality = modality or ("rgbd" if rng.random() < config.rgbd_probability else "rgb")
-    with np.load(coarse_path) as data:
-        evidence = data[f"{modality}_evidence"]
-        occupancy = data[f"{modality}_occupancy"]
-        views = data[f"{modality}_views"].astype(np.float32)
     with np.load(fine_path) as fine:
         coords = fine[f"{modality}_coords"].astype(np.int64)
         latent = fine[f"{modality}_latent"].astype(np.float32)
-        if f"{modality}_occupancy" in fine.files:  # the predicted occupancy the targets sit on
-            occupancy = fine[f"{modality}_occupancy"].astype(np.float32)
+        # The predicted occupancy the targets sit on (``data --predicted``), else the true one.
+        predicted = f"{modality}_occupancy" in fine.files
+        occupancy = fine[f"{modality}_occupancy"].astype(np.float32) if predicted else None
+    with np.load(coarse_path) as data:
+        evidence = data[f"{modality}_evidence"]
+        if occupancy is None:
+            occupancy = data[f"{modality}_occupancy"]
+        views = data[f"{modality}_views"].astype(np.float32)
     if len(views) > config.max_views:
         views = views[np.sort(rng.choice(len(views), config.max_views, replace=False))]
     if len(coords) > config.max_tokens:

@@ -109,6 +109,11 @@ class PriorInputs:
 RGB_START_TIME = 0.5
 
 
+def default_start_time(use_depth: bool) -> float:
+    """Where coarse sampling starts by default: pure noise with depth, the hull without."""
+    return 1.0 if use_depth else RGB_START_TIME
+
+
 @dataclass(frozen=True)
 class CoarseConfig:
     steps: int = 30  # paper: 30 Euler steps for the sparse structure
