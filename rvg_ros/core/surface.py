@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import open3d as o3d
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from skimage.measure import marching_cubes
 
@@ -129,22 +131,45 @@ def sample_cloud(mesh: Mesh, count: int, seed: int = 0) -> PointCloud:
     return PointCloud(points, colours.astype(np.float32), confidence.astype(np.float32))
 
 
+def triangle_components(triangles: np.ndarray) -> np.ndarray:
+    """Connected-component label of each triangle, triangles being connected through shared
+    edges (Open3D's ``cluster_connected_triangles`` rule). By hand with scipy's graph
+    components: Open3D's took 0.24 s per mesh here, a fifth of a CPU reconstruction's
+    decode."""
+    n = len(triangles)
+    edges = np.sort(triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1).astype(np.int64)
+    key = edges[:, 0] * (int(triangles.max()) + 1) + edges[:, 1]
+    order = np.argsort(key, kind="stable")
+    owner = np.repeat(np.arange(n), 3)[order]
+    shared = key[order][1:] == key[order][:-1]  # consecutive equal keys: one edge, two faces
+    graph = coo_matrix(
+        (np.ones(int(shared.sum()), np.int8), (owner[:-1][shared], owner[1:][shared])),
+        shape=(n, n),
+    )
+    return connected_components(graph, directed=False)[1]
+
+
+def remove_floaters(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop tiny disconnected pieces (floaters from sensor noise): components with under 1% of
+    the largest one's triangles."""
+    if not len(triangles):
+        return vertices, triangles
+    legacy = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles)
+    )
+    legacy.remove_duplicated_vertices()
+    labels = triangle_components(np.asarray(legacy.triangles))
+    counts = np.bincount(labels)
+    small = counts[labels] < 0.01 * counts.max()
+    legacy.remove_triangles_by_mask(small)
+    legacy.remove_unreferenced_vertices()
+    return np.asarray(legacy.vertices), np.asarray(legacy.triangles).astype(np.int32)
+
+
 def finish_mesh(
     vertices: np.ndarray, triangles: np.ndarray, frames: list[Frame], depth_tolerance: float
 ) -> Mesh:
     """Clean a raw surface (drop tiny disconnected pieces) and add colour and confidence."""
-    if len(triangles):
-        legacy = o3d.geometry.TriangleMesh(
-            o3d.utility.Vector3dVector(vertices), o3d.utility.Vector3iVector(triangles)
-        )
-        legacy.remove_duplicated_vertices()
-        labels, counts, _ = legacy.cluster_connected_triangles()
-        labels, counts = np.asarray(labels), np.asarray(counts)
-        # Floaters from sensor noise: drop components with under 1% of the largest's triangles.
-        small = counts[labels] < 0.01 * counts.max()
-        legacy.remove_triangles_by_mask(small)
-        legacy.remove_unreferenced_vertices()
-        vertices = np.asarray(legacy.vertices)
-        triangles = np.asarray(legacy.triangles).astype(np.int32)
+    vertices, triangles = remove_floaters(vertices, triangles)
     colours, confidence = colour_and_confidence(vertices, triangles, frames, depth_tolerance)
     return Mesh(vertices, triangles, colours, confidence)

@@ -10,8 +10,41 @@ from collections.abc import Callable
 
 import torch
 
+from rvg_ros.core.parallel import can_share, map_shared
+
 # velocity(x_t, t, drop) -> v ; drop (B,) bool selects the null condition per item.
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def halves_in_parallel(device: str) -> bool:
+    """Whether ``in_two_threads`` pays: on a CPU with a second core, torch on one thread (the
+    backend's default; with more, the halves would fight over the cores), not on a GPU (one
+    batched call is faster there)."""
+    return device == "cpu" and can_share() and torch.get_num_threads() == 1
+
+
+def in_two_threads(velocity: VelocityFn) -> VelocityFn:
+    """The same velocity, with the two halves of a batch (under guidance: the conditional and
+    the null branch) evaluated on two cores at once (``core.parallel``).
+
+    30 coarse steps: 3.5 -> 1.6 s on this 2-core machine. One batch row gives the same
+    numbers as a batch of two up to float rounding (2e-6). Deterministic: each half is a
+    function of its inputs alone."""
+
+    def call(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 2:
+            return velocity(x, t, drop)
+        # Grad and inference mode are per thread: the workers take the caller's.
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def half(rows: slice) -> torch.Tensor:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return velocity(x[rows], t[rows], drop[rows])
+
+        h = x.shape[0] // 2
+        return torch.cat(map_shared(half, [slice(0, h), slice(h, None)]))
+
+    return call
 
 
 def flow_matching_loss(

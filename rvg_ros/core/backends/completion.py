@@ -31,7 +31,7 @@ from rvg_ros.core.backends.base import (
     no_progress,
     peak_rss_mb,
 )
-from rvg_ros.core.backends.fusion import FusionBackend
+from rvg_ros.core.backends.fusion import fused_surface
 from rvg_ros.core.backends.hull import HullBackend, voxel_centres
 from rvg_ros.core.geometry import lookup_pixels, project
 from rvg_ros.core.surface import finish_mesh, mesh_from_field, sample_cloud
@@ -207,10 +207,14 @@ def surface_reconstruction(
 
 def fused_vertices(capture: CaptureSet, options: BackendOptions) -> np.ndarray:
     """The fused surface's vertices, in a deterministic order."""
-    fused = FusionBackend(options).reconstruct(capture, no_progress)
+    if not capture.has_depth:  # what ``fusion`` does without depth: silhouette carving
+        vertices = HullBackend(options).reconstruct(capture, no_progress).mesh.vertices
+        return vertices[np.lexsort(vertices.T[::-1])]
+    vertices, triangles = fused_surface(capture, options)  # its surface, without the colour
+    if len(triangles) == 0:
+        raise ReconstructionError("fusion produced an empty surface (no depth on the object?)")
     # Open3D's voxel hash map returns the same vertices in a run-dependent order: sort them so
     # that everything downstream (subsampling, tie-breaks) is deterministic.
-    vertices = fused.mesh.vertices
     return vertices[np.lexsort(vertices.T[::-1])]
 
 

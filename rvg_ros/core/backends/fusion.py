@@ -23,8 +23,15 @@ from rvg_ros.core.backends.base import (
 from rvg_ros.core.backends.hull import HullBackend
 from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import invert_rigid
-from rvg_ros.core.surface import finish_mesh, sample_cloud
-from rvg_ros.core.types import CaptureSet, Frame, Mesh, Reconstruction, ReconstructionError
+from rvg_ros.core.surface import colour_and_confidence, remove_floaters, sample_cloud
+from rvg_ros.core.types import (
+    CaptureSet,
+    Frame,
+    Mesh,
+    Reconstruction,
+    ReconstructionError,
+    TargetCube,
+)
 
 _STAGES = {"integrate": 3.0, "extract": 1.0, "colour": 2.0, "sample": 0.5}
 # TSDF truncation in voxels: wide enough for sensor noise, narrow enough for thin walls.
@@ -53,17 +60,15 @@ class FusionBackend:
                 capture.frames, voxel, capture.target.side, self.options.device, sub
             )
         with timer.stage("extract"):
-            legacy = grid.extract_triangle_mesh(weight_threshold=1.0).to_legacy()
-            box = o3d.geometry.AxisAlignedBoundingBox(
-                capture.target.min_corner, capture.target.max_corner
-            )
-            legacy = legacy.crop(box)
-            vertices = np.asarray(legacy.vertices, dtype=np.float64)
-            triangles = np.asarray(legacy.triangles, dtype=np.int32)
+            vertices, triangles = extract_surface(grid, capture.target)
         if len(triangles) == 0:
             raise ReconstructionError("fusion produced an empty surface (no depth on the object?)")
         with timer.stage("colour"):
-            mesh: Mesh = finish_mesh(vertices, triangles, capture.frames, 3.0 * voxel)
+            vertices, triangles = remove_floaters(vertices, triangles)
+            colours, confidence = colour_and_confidence(
+                vertices, triangles, capture.frames, 3.0 * voxel
+            )
+            mesh = Mesh(vertices, triangles, colours, confidence)
         with timer.stage("sample"):
             cloud = sample_cloud(mesh, self.options.cloud_points, capture.seed)
         progress("done", 1.0)
@@ -77,6 +82,28 @@ class FusionBackend:
             peak_memory_mb=peak_rss_mb(),
             extras={"method": "tsdf fusion", "voxel_size": voxel},
         )
+
+
+def extract_surface(
+    grid: o3d.t.geometry.VoxelBlockGrid, target: TargetCube
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fused surface inside the target cube: vertices (float64) and triangles (int32)."""
+    legacy = grid.extract_triangle_mesh(weight_threshold=1.0).to_legacy()
+    legacy = legacy.crop(o3d.geometry.AxisAlignedBoundingBox(target.min_corner, target.max_corner))
+    return (
+        np.asarray(legacy.vertices, dtype=np.float64),
+        np.asarray(legacy.triangles, dtype=np.int32),
+    )
+
+
+def fused_surface(capture: CaptureSet, options: BackendOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The surface ``fusion`` reconstructs, without its colour (for the backends that start
+    from the fused geometry): vertices and triangles, floaters removed."""
+    voxel = options.voxel_size or capture.target.side / options.resolution
+    grid = integrate_tsdf(
+        capture.frames, voxel, capture.target.side, options.device, with_colour=False
+    )
+    return remove_floaters(*extract_surface(grid, capture.target))
 
 
 def integrate_tsdf(

@@ -29,7 +29,8 @@ from scipy.ndimage import binary_dilation, minimum_filter
 from scipy.spatial.transform import Rotation
 
 from rvg_ros.core.backends.completion import fibonacci_sphere
-from rvg_ros.core.geometry import invert_rigid, lookup_pixels
+from rvg_ros.core.geometry import invert_rigid
+from rvg_ros.core.parallel import map_shared
 from rvg_ros.core.types import Frame, TargetCube
 
 VIOLATION_WEIGHT = 4.0
@@ -105,10 +106,12 @@ class EvidenceJudge:
     def __init__(self, frames: list[Frame], target: TargetCube, tolerance: float) -> None:
         self.target = target
         self.tolerance = tolerance
-        # Per view: world -> camera (3x4) and one (H, W, 3) image of what a point is judged
-        # against: dilated mask, measured depth, nearest depth in the window. One lookup per
-        # view keeps the thousands of candidate evaluations cheap.
-        self.views: list[tuple[np.ndarray, Frame, np.ndarray]] = []
+        # All views at once: the thousands of candidate evaluations of a search are otherwise
+        # dominated by per-view numpy call overhead. Per view, world -> camera and one image of
+        # what a point is judged against (dilated mask, measured depth, nearest depth in the
+        # window), flattened into one table that a single gather reads.
+        rotations, translations, tables, offsets, sizes, lenses = [], [], [], [], [], []
+        start = 0
         for frame in frames:
             if frame.depth is None or frame.mask is None:
                 raise ValueError("symmetry search needs depth and a mask in every view")
@@ -122,23 +125,38 @@ class EvidenceJudge:
                 ],
                 axis=-1,
             )
-            self.views.append((invert_rigid(frame.camera_to_world)[:3], frame, planes))
+            world_to_camera = invert_rigid(frame.camera_to_world)[:3]
+            rotations.append(world_to_camera[:, :3].T)
+            translations.append(world_to_camera[:, 3])
+            tables.append(planes.reshape(-1, 3))
+            offsets.append(start)
+            start += planes.shape[0] * planes.shape[1]
+            sizes.append(planes.shape[:2])
+            k = frame.intrinsics
+            lenses.append((k.fx, k.fy, k.cx, k.cy))
+        self.rotation = np.concatenate(rotations, axis=1)  # (3, 3V)
+        self.translation = np.concatenate(translations)  # (3V,)
+        self.table = np.concatenate(tables)  # (sum of H*W, 3)
+        self.offset = np.asarray(offsets, dtype=np.int64)
+        self.height, self.width = np.asarray(sizes, dtype=np.int64).T
+        self.fx, self.fy, self.cx, self.cy = np.asarray(lenses, dtype=np.float64).T
 
     def classify(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(agree, violate) booleans per point."""
         violate = np.any(np.abs(points - self.target.center) > 0.5 * self.target.side, axis=1)
-        agree = np.zeros(len(points), dtype=bool)
-        for world_to_camera, frame, planes in self.views:
-            cam = points @ world_to_camera[:, :3].T + world_to_camera[:, 3]
-            z = cam[:, 2]
-            k = frame.intrinsics
-            safe = np.where(z > 1e-9, z, 1e-9)
-            uv = np.stack([k.fx * cam[:, 0] / safe + k.cx, k.fy * cam[:, 1] / safe + k.cy], 1)
-            values, seen = lookup_pixels(planes, uv, z > 0)
-            on_object, measured, closest = values[:, 0] > 0.5, values[:, 1], values[:, 2]
-            # Free: off the (dilated) silhouette, or in front of every nearby measurement.
-            violate |= seen & (~on_object | ((closest > 0) & (z < closest - self.tolerance)))
-            agree |= seen & (measured > 0) & (np.abs(z - measured) < self.tolerance)
+        cam = (points @ self.rotation + self.translation).reshape(len(points), -1, 3)  # (N, V, 3)
+        z = cam[..., 2]
+        safe = np.where(z > 1e-9, z, 1e-9)
+        # Nearest pixel, as core.geometry.lookup_pixels rounds.
+        ui = np.floor(self.fx * cam[..., 0] / safe + self.cx + 0.5).astype(np.int64)
+        vi = np.floor(self.fy * cam[..., 1] / safe + self.cy + 0.5).astype(np.int64)
+        seen = (z > 0) & (ui >= 0) & (ui < self.width) & (vi >= 0) & (vi < self.height)
+        values = self.table[np.where(seen, self.offset + vi * self.width + ui, 0)]
+        on_object, measured, closest = values[..., 0] > 0.5, values[..., 1], values[..., 2]
+        # Free: off the (dilated) silhouette, or in front of every nearby measurement.
+        free = ~on_object | ((closest > 0) & (z < closest - self.tolerance))
+        violate |= np.any(seen & free, axis=1)
+        agree = np.any(seen & (measured > 0) & (np.abs(z - measured) < self.tolerance), axis=1)
         return agree, violate & ~agree
 
     def judge(self, points: np.ndarray, transforms: list[np.ndarray]) -> tuple[float, float]:
@@ -170,9 +188,26 @@ def _score(s: Symmetry) -> float:
 
 
 def _evaluate(judge: EvidenceJudge, points: np.ndarray, s: Symmetry) -> Symmetry:
-    s.agree, s.violate = judge.judge(points, s.transforms())
-    s.unknown = max(0.0, 1.0 - s.agree - s.violate)
-    return s
+    return _evaluate_many(judge, points, [s])[0]
+
+
+def _evaluate_many(
+    judge: EvidenceJudge, points: np.ndarray, candidates: list[Symmetry]
+) -> list[Symmetry]:
+    """Scores every candidate (as ``judge.judge`` would, one by one) in one classification of
+    all their moved points: a search evaluates about a thousand candidates, and one numpy pass
+    per candidate spent most of its time in call overhead."""
+    transforms = [candidate.transforms() for candidate in candidates]
+    moved = [points @ t[:3, :3].T + t[:3, 3] for ts in transforms for t in ts]
+    sizes = np.array([len(ts) * len(points) for ts in transforms])
+    agree, violate = judge.classify(np.concatenate(moved))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    agree_counts = np.add.reduceat(agree, starts, dtype=np.int64)
+    violate_counts = np.add.reduceat(violate, starts, dtype=np.int64)
+    for candidate, a, v, n in zip(candidates, agree_counts, violate_counts, sizes, strict=True):
+        candidate.agree, candidate.violate = float(a / n), float(v / n)
+        candidate.unknown = max(0.0, 1.0 - candidate.agree - candidate.violate)
+    return candidates
 
 
 def _perturbed(s: Symmetry, angle: float, shift: float) -> list[Symmetry]:
@@ -202,7 +237,7 @@ def _refine(
     best = s
     for _ in range(REFINE_LEVELS):
         for _ in range(MOVES_PER_LEVEL):
-            neighbours = [_evaluate(judge, points, c) for c in _perturbed(best, angle, shift)]
+            neighbours = _evaluate_many(judge, points, _perturbed(best, angle, shift))
             top = max(neighbours, key=_score)
             if _score(top) <= _score(best) + 1e-9:
                 break
@@ -249,22 +284,30 @@ def find_symmetry(
         s = points @ n
         lo, hi = float(s.min()), float(s.max())
         for d in np.linspace(lo, hi, 12)[1:-1]:
-            candidates.append(_evaluate(coarse, subset, Symmetry("plane", n, d * n)))
-        candidates.append(_evaluate(coarse, subset, Symmetry("axis", n, _circle_centre(points, n))))
+            candidates.append(Symmetry("plane", n, d * n))
+        candidates.append(Symmetry("axis", n, _circle_centre(points, n)))
+    # Candidates and refinements are independent: on two cores when there are two.
+    half = len(candidates) // 2
+    map_shared(
+        lambda chunk: _evaluate_many(coarse, subset, chunk), [candidates[:half], candidates[half:]]
+    )
 
     # Refine the best-agreeing candidates and the most informative plausible ones: on a shape
     # with many symmetries (a ball) the best-agreeing ones merely map the seen side onto itself.
-    refined = []
+    seeds: list[Symmetry] = []
     for kind in ("plane", "axis"):
         pool = [c for c in candidates if c.kind == kind]
         plausible = [
             c for c in pool if c.consistency >= COARSE_CONSISTENCY and c.agree >= 0.5 * MIN_AGREE
         ]
-        seeds = _distinct(pool, 3 if kind == "plane" else 2, np.radians(20.0))
+        seeds += _distinct(pool, 3 if kind == "plane" else 2, np.radians(20.0))
         seeds += _distinct(plausible, 2, np.radians(20.0), key=lambda c: c.unknown)
-        for c in seeds:
-            start = _evaluate(fine, points, Symmetry(c.kind, c.direction, c.point))
-            refined.append(_refine(fine, points, start, 0.1, 2.0 * voxel))
+
+    def refine(c: Symmetry) -> Symmetry:
+        start = _evaluate(fine, points, Symmetry(c.kind, c.direction, c.point))
+        return _refine(fine, points, start, 0.1, 2.0 * voxel)
+
+    refined = map_shared(refine, seeds)
     accepted = [s for s in refined if s.consistency >= MIN_CONSISTENCY and s.agree >= MIN_AGREE]
     if not accepted:
         return None, refined
