@@ -203,3 +203,18 @@ def test_seen_free_field_changes_no_surface_voxel_the_full_field_would_give() ->
     assert np.array_equal(fast[near], full[near])
     assert np.all(fast[~near] > 0) and np.all(full[~near] > 0)
     assert (full > sdf).sum() > 1000  # the views really carved some of the ball
+
+
+def test_distance_to_observed_queries_only_generated_vertices_with_the_same_result() -> None:
+    from scipy.spatial import cKDTree
+
+    from rvg_ros.rvg.confidence import distance_to_observed
+
+    rng = np.random.default_rng(0)
+    vertices = rng.normal(size=(5000, 3))
+    observed = rng.random(5000) < 0.3
+    want = cKDTree(vertices[observed]).query(vertices)[0] / 0.01  # every vertex, one thread
+    got = distance_to_observed(vertices, observed, 0.01)
+    assert np.array_equal(got, want)
+    assert np.all(got[observed] == 0) and np.all(got[~observed] > 0)
+    assert np.all(np.isinf(distance_to_observed(vertices, np.zeros(5000, bool), 0.01)))
