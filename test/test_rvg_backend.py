@@ -236,3 +236,13 @@ def test_shipped_fine_weights_load_and_complete_an_unseen_object(one_sided_can) 
     # the weights trained on true occupancies only), 1.000 with part 1 alone; on YCB the fine
     # stage is not better yet (docs/results.md, Table 2).
     assert m.fscore[0.05] > 0.98 and m.fscore[0.05] > p.fscore[0.05] - 0.02, (m, p)
+
+
+def test_fine_mode_accepts_its_documented_spellings_only() -> None:
+    from rvg_ros.rvg.backend import fine_mode
+
+    assert fine_mode(True) is True and fine_mode("true") is True and fine_mode("False") is False
+    assert fine_mode("auto") == "auto" and fine_mode("no_depth") == "no_depth"
+    for bad in ("sometimes", 1, 0, None, "yes"):
+        with pytest.raises(ValueError, match="fine must be one of"):
+            fine_mode(bad)

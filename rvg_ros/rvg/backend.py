@@ -113,7 +113,10 @@ FINE_MODES = (True, False, "auto", "no_depth")
 
 
 def fine_mode(value: object) -> bool | str:
-    """The ``fine`` option (values arrive parsed: "true" -> True, parse_backend_spec)."""
+    """The ``fine`` option: True, False, "auto" or "no_depth" (spec strings arrive parsed by
+    parse_backend_spec; "true" / "false" given as text through the Python API count too)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
     for mode in FINE_MODES:
         # ``is`` for the bools: 1 == True, and a misspelt mode must not pass as one.
         if value is mode or (isinstance(mode, str) and value == mode):
