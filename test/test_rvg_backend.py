@@ -197,11 +197,20 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     without_depth, _ = reconstruct_frames(rgb, replace(settings({}), backend_options=default))
     assert without_depth.extras["fine"] == "on"
     # Its generated vertices take the calibration without depth.
-    from rvg_ros.rvg.confidence import DISTANCE_CONFIDENCE_RGB
+    # Silhouette-backed ("observed") vertices take their calibrated share, not 1.0, and the
+    # result still says which they are (preview, observed_fraction).
+    from rvg_ros.core.export import observed_vertices, result_summary
+    from rvg_ros.rvg.confidence import DISTANCE_CONFIDENCE_RGB, OBSERVED_CONFIDENCE_RGB
 
     rgb_conf = without_depth.mesh.vertex_confidence
+    observed = observed_vertices(without_depth)
+    assert 0.05 < observed.mean() < 0.95 and rgb_conf.max() < 0.99
+    assert np.all(rgb_conf[observed] == np.float32(OBSERVED_CONFIDENCE_RGB))
     table_rgb = np.asarray(DISTANCE_CONFIDENCE_RGB, np.float32)
-    assert np.isin(rgb_conf[rgb_conf < 0.99], table_rgb).all() and (rgb_conf < 0.99).any()
+    assert np.isin(rgb_conf[~observed], table_rgb).all()
+    assert result_summary(without_depth)["observed_fraction"] == float(observed.mean())
+    # With depth, observed vertices keep 1.0 and the flags agree with it.
+    assert np.array_equal(observed_vertices(with_depth), with_depth.mesh.vertex_confidence >= 0.99)
     with pytest.raises(ValueError, match="fine must be one of"):
         reconstruct_frames(frames, settings({"fine": "sometimes"}))
     auto, _ = reconstruct_frames(frames, settings({"fine": "auto", "rvc": False}))

@@ -129,11 +129,25 @@ def preview_camera(
     return Intrinsics(f, f, (size - 1) / 2, (size - 1) / 2, size, size), pose
 
 
-def render_preview(mesh: Mesh, frames: list[Frame], size: int = 384) -> np.ndarray:
-    """RGB preview: observed surface in its colours, generated surface tinted magenta."""
+def observed_vertices(result: Reconstruction) -> np.ndarray:
+    """Which mesh vertices a view backs: the backend's own flags when it gives them (``rvg``
+    without depth calibrates its silhouette-backed vertices below 1.0), else confidence 1.0."""
+    flags = result.extras.get("vertex_observed")
+    if flags is not None and len(flags) == len(result.mesh.vertices):
+        return np.asarray(flags, dtype=bool)
+    return result.mesh.vertex_confidence >= 0.99
+
+
+def render_preview(
+    mesh: Mesh, frames: list[Frame], size: int = 384, observed: np.ndarray | None = None
+) -> np.ndarray:
+    """RGB preview: observed surface in its colours, generated surface tinted magenta
+    (``observed``: per-vertex flags, default confidence 1.0)."""
     if mesh.is_empty:
         return np.zeros((size, size, 3), np.uint8)
-    observed = (mesh.vertex_confidence >= 0.99)[:, None]
+    if observed is None:
+        observed = mesh.vertex_confidence >= 0.99
+    observed = np.asarray(observed, dtype=bool)[:, None]
     colours = np.where(
         observed, mesh.vertex_colors, 0.4 * mesh.vertex_colors + 0.6 * GENERATED_TINT
     )
@@ -153,7 +167,7 @@ def result_summary(result: Reconstruction) -> dict[str, object]:
         "vertices": len(result.mesh.vertices),
         "triangles": len(result.mesh.triangles),
         "points": len(result.cloud.points),
-        "observed_fraction": float(np.mean(result.mesh.vertex_confidence >= 0.99))
+        "observed_fraction": float(np.mean(observed_vertices(result)))
         if len(result.mesh.vertices)
         else 0.0,
         "stage_seconds": result.stage_seconds,
@@ -179,7 +193,8 @@ def export_reconstruction(
     write_mesh_ply(result.mesh, out_dir / "mesh.ply")
     write_mesh_glb(result.mesh, out_dir / "mesh.glb")
     write_cloud_ply(result.cloud, out_dir / "cloud.ply")
-    ok, png = cv2.imencode(".png", render_preview(result.mesh, frames)[:, :, ::-1])
+    preview = render_preview(result.mesh, frames, observed=observed_vertices(result))
+    ok, png = cv2.imencode(".png", preview[:, :, ::-1])
     if not ok:
         raise OSError("could not encode preview.png")
     write_atomic(out_dir / "preview.png", png.tobytes())

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import trimesh
 
+from rvg_ros.core.export import observed_vertices
 from rvg_ros.core.metrics import evaluate
 from rvg_ros.core.render import MeshRenderer, RenderedView
 from rvg_ros.core.surface import sample_cloud
@@ -100,6 +101,6 @@ def score_reconstruction(
     row.update(confidence_calibration(cloud, truth.scene))
     row["seconds"] = float(sum(result.stage_seconds.values()))
     row["observed_share"] = (
-        float(np.mean(mesh.vertex_confidence >= 0.99)) if len(mesh.vertices) else 0.0
+        float(np.mean(observed_vertices(result))) if len(result.mesh.vertices) else 0.0
     )
     return row

@@ -37,7 +37,12 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from rvg_ros.core.backends import BACKENDS, is_known_backend
-from rvg_ros.core.export import export_reconstruction_atomic, next_result_dir, render_preview
+from rvg_ros.core.export import (
+    export_reconstruction_atomic,
+    next_result_dir,
+    observed_vertices,
+    render_preview,
+)
 from rvg_ros.core.limits import (
     LimitExceeded,
     Limits,
@@ -770,7 +775,11 @@ class ReconstructNode(Node):
         )
         if self.p("publish_preview"):
             self.preview_pub.publish(
-                rgb_to_image(render_preview(result.mesh, list(frames)), "rgb8", header)
+                rgb_to_image(
+                    render_preview(result.mesh, list(frames), observed=observed_vertices(result)),
+                    "rgb8",
+                    header,
+                )
             )
 
     def _record_poses(

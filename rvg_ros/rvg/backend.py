@@ -240,6 +240,7 @@ class RVGBackend:
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
         spread: np.ndarray | None = None
+        observed: np.ndarray | None = None
         with timer.stage("colour"):
             mesh = finish_mesh(vertices, triangles, capture.frames, 3.0 * voxel)
             if fine is not None:
@@ -283,6 +284,7 @@ class RVGBackend:
                 **self._fine_report(fine),
                 # In-process only (result.json keeps scalars): for rvg/confidence.py.
                 **({"vertex_spread": spread} if spread is not None else {}),
+                **({"vertex_observed": observed} if observed is not None else {}),
                 "confidence_samples": 2 if second_sdf is not None else 1,
             },
         )
