@@ -9,7 +9,10 @@ closed surface whose seen part is as accurate as fusion.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import open3d.core as o3c
 from scipy.ndimage import (
     binary_dilation,
     binary_fill_holes,
@@ -21,7 +24,9 @@ from skimage.measure import marching_cubes
 
 from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS, integrate_tsdf
 from rvg_ros.core.backends.hull import carve
+from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import lookup_pixels, project
+from rvg_ros.core.parallel import map_shared
 from rvg_ros.core.types import Frame, TargetCube
 
 # Thickness (fine voxels) a measured surface is given behind it before the generated
@@ -191,13 +196,24 @@ def decode_surface(
     voxel = cube.side / resolution
     origin, size = lattice(cube, voxel)
     points = lattice_points(origin, size, voxel)
-    distance = generated_distance(occupancy, cube, points, fine_sdf).reshape((size,) * 3)
+    # The generated field and the fused TSDFs are independent: on two cores when there are two.
+    tasks: list[Callable[[], object]] = [
+        lambda: generated_distance(occupancy, cube, points, fine_sdf).reshape((size,) * 3)
+    ]
     if use_depth:
-        tsdf, weight = dense_tsdf(frames, origin, size, voxel, device)
+        tasks.append(lambda: dense_tsdf(frames, origin, size, voxel, device))
+        if hint_frames:
+            tasks.append(lambda: dense_tsdf(hint_frames, origin, size, voxel, device))
+    if open3d_device(device).get_type() == o3c.Device.DeviceType.CPU:
+        distance, *fused = map_shared(lambda task: task(), tasks)
+    else:  # one thread drives the GPU's fusion
+        distance, *fused = [task() for task in tasks]
+    if use_depth:
+        tsdf, weight = fused[0]
         sdf = np.clip(distance / (TRUNCATION_VOXELS * voxel), -1.0, 1.0)
         min_wall = min_wall_voxels / TRUNCATION_VOXELS
         if hint_frames:
-            hint_tsdf, hint_weight = dense_tsdf(hint_frames, origin, size, voxel, device)
+            hint_tsdf, hint_weight = fused[1]
             sdf = measured_over(hint_tsdf, hint_weight, sdf, min_wall)
         # What the real views saw as free (outside a silhouette, or in front of the measured
         # surface beyond the TSDF band) at the fine resolution: the coarse occupancy would
