@@ -139,14 +139,12 @@ def observed_vertices(result: Reconstruction) -> np.ndarray:
 
 
 def render_preview(
-    mesh: Mesh, frames: list[Frame], size: int = 384, observed: np.ndarray | None = None
+    mesh: Mesh, frames: list[Frame], observed: np.ndarray, size: int = 384
 ) -> np.ndarray:
-    """RGB preview: observed surface in its colours, generated surface tinted magenta
-    (``observed``: per-vertex flags, default confidence 1.0)."""
+    """RGB preview: observed surface (``observed``: per-vertex flags, ``observed_vertices``)
+    in its colours, generated surface tinted magenta."""
     if mesh.is_empty:
         return np.zeros((size, size, 3), np.uint8)
-    if observed is None:
-        observed = mesh.vertex_confidence >= 0.99
     observed = np.asarray(observed, dtype=bool)[:, None]
     colours = np.where(
         observed, mesh.vertex_colors, 0.4 * mesh.vertex_colors + 0.6 * GENERATED_TINT

@@ -18,7 +18,7 @@ import torch
 from rvg_ros.rvg.fine_decode import rvc_decoder
 from rvg_ros.rvg.fine_latent import active_voxels
 from rvg_ros.rvg.fine_model import FineModel, voxel_features
-from rvg_ros.rvg.flow import VelocityFn, halves_in_parallel, in_two_threads, sample_flow
+from rvg_ros.rvg.flow import VelocityFn, for_device, sample_flow
 from rvg_ros.rvg.render_loss import View
 from rvg_ros.rvg.rvc import RVCConfig, RVCStep, sample_flow_rvc
 
@@ -94,9 +94,7 @@ def sample_fine(
     if len(coords) == 0:
         return FineSample(coords, torch.zeros(0, lc.channels, device=device))
     condition = model.per_view_condition(batch["views"], batch["view_mask"])
-    velocity = fine_velocity_fn(model, batch, condition)
-    if halves_in_parallel(device):
-        velocity = in_two_threads(velocity)
+    velocity = for_device(fine_velocity_fn(model, batch, condition), device)
     shape = (1, len(coords), lc.channels)
     generator = torch.Generator().manual_seed(config.seed)
     if config.rvc is None:

@@ -23,6 +23,12 @@ def halves_in_parallel(device: str) -> bool:
     return device == "cpu" and can_share() and torch.get_num_threads() == 1
 
 
+def for_device(velocity: VelocityFn, device: str) -> VelocityFn:
+    """``velocity`` as sampling on ``device`` should call it (``in_two_threads`` where that
+    pays)."""
+    return in_two_threads(velocity) if halves_in_parallel(device) else velocity
+
+
 def in_two_threads(velocity: VelocityFn) -> VelocityFn:
     """The same velocity, with the two halves of a batch (under guidance: the conditional and
     the null branch) evaluated on two cores at once (``core.parallel``).

@@ -22,7 +22,7 @@ from rvg_ros.core.types import Frame, ReconstructionError, TargetCube
 from rvg_ros.rvg.fine_decode import fine_field
 from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
 from rvg_ros.rvg.fine_sample import FineSample, FineSampleConfig, sample_fine
-from rvg_ros.rvg.flow import halves_in_parallel, in_two_threads, sample_flow
+from rvg_ros.rvg.flow import for_device, sample_flow
 from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
 from rvg_ros.rvg.prior import FREE
 from rvg_ros.rvg.render_loss import view_from_frame
@@ -167,11 +167,8 @@ def sample_coarse(
     # The noise is drawn on the CPU: a seed gives the same start on every device.
     generator = torch.Generator().manual_seed(seed)
     steps = max(1, round(config.steps * config.start_time))
-    velocity = velocity_fn(model, onehot, condition)
-    if halves_in_parallel(device):
-        velocity = in_two_threads(velocity)
     x0 = sample_flow(
-        velocity,
+        for_device(velocity_fn(model, onehot, condition), device),
         (1, 1, res, res, res),
         steps,
         config.cfg_scale,

@@ -23,11 +23,10 @@ from rvg_ros.core.backends.base import (
 from rvg_ros.core.backends.hull import HullBackend
 from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import invert_rigid
-from rvg_ros.core.surface import colour_and_confidence, remove_floaters, sample_cloud
+from rvg_ros.core.surface import finish_mesh, remove_floaters, sample_cloud
 from rvg_ros.core.types import (
     CaptureSet,
     Frame,
-    Mesh,
     Reconstruction,
     ReconstructionError,
     TargetCube,
@@ -64,11 +63,7 @@ class FusionBackend:
         if len(triangles) == 0:
             raise ReconstructionError("fusion produced an empty surface (no depth on the object?)")
         with timer.stage("colour"):
-            vertices, triangles = remove_floaters(vertices, triangles)
-            colours, confidence = colour_and_confidence(
-                vertices, triangles, capture.frames, 3.0 * voxel
-            )
-            mesh = Mesh(vertices, triangles, colours, confidence)
+            mesh = finish_mesh(vertices, triangles, capture.frames, 3.0 * voxel)
         with timer.stage("sample"):
             cloud = sample_cloud(mesh, self.options.cloud_points, capture.seed)
         progress("done", 1.0)

@@ -161,9 +161,13 @@ class EvidenceJudge:
 
     def judge(self, points: np.ndarray, transforms: list[np.ndarray]) -> tuple[float, float]:
         """Mean (agree, violate) shares of the transformed points over all transforms."""
-        moved = np.concatenate([points @ t[:3, :3].T + t[:3, 3] for t in transforms])
-        agree, violate = self.classify(moved)
+        agree, violate = self.classify(moved(points, transforms))
         return float(agree.mean()), float(violate.mean())
+
+
+def moved(points: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
+    """``points`` under each transform in turn, concatenated."""
+    return np.concatenate([points @ t[:3, :3].T + t[:3, 3] for t in transforms])
 
 
 def _hemisphere(n: int) -> np.ndarray:
@@ -198,9 +202,8 @@ def _evaluate_many(
     all their moved points: a search evaluates about a thousand candidates, and one numpy pass
     per candidate spent most of its time in call overhead."""
     transforms = [candidate.transforms() for candidate in candidates]
-    moved = [points @ t[:3, :3].T + t[:3, 3] for ts in transforms for t in ts]
     sizes = np.array([len(ts) * len(points) for ts in transforms])
-    agree, violate = judge.classify(np.concatenate(moved))
+    agree, violate = judge.classify(np.concatenate([moved(points, ts) for ts in transforms]))
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     agree_counts = np.add.reduceat(agree, starts, dtype=np.int64)
     violate_counts = np.add.reduceat(violate, starts, dtype=np.int64)
