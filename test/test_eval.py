@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from scipy.spatial.transform import Rotation
 
 from rvg_ros.core.cli import build_parser, main
 from rvg_ros.core.render import MeshRenderer
@@ -24,10 +25,10 @@ from rvg_ros.eval.datasets import YCB_DEV, load_dataset, ycb_names
 from rvg_ros.eval.images import image_metrics, render_views
 from rvg_ros.eval.report import read_csv, summary_markdown, write_csv
 from rvg_ros.eval.runner import config_from_args
-from rvg_ros.eval.scenes import ViewSpec, render_object
+from rvg_ros.eval.scenes import ViewSpec, oracle_poses, render_object
 from rvg_ros.eval.score import canonical_mesh
 from rvg_ros.eval.visibility import gt_scene, seen_by_views
-from rvg_ros.sim.views import default_intrinsics, look_at
+from rvg_ros.sim.views import default_intrinsics, look_at, perturb_poses, sample_views
 
 ROOT = Path(__file__).resolve().parents[1]
 # NOTES.md, verbatim: the only YCB objects the project may look at while developing.
@@ -253,6 +254,35 @@ def test_recorded_command_reproduces_the_configuration() -> None:
     parser = build_parser()
     argv = ["eval", "--dataset", "ycb", "--views", "6", "--sampler", "random", "--out", "r/x"]
     argv += ["--modality", "rgb", "--depth-noise", "--pose-noise-deg", "1", "--limit", "3"]
+    argv += ["--pose-oracle", "object"]
     config = config_from_args(parser.parse_args(argv))
     again = config_from_args(parser.parse_args(config.command().split()[1:]))
     assert again == config
+
+
+@pytest.mark.parametrize("anchor", ["cameras", "object"])
+def test_pose_oracle_keeps_true_relative_poses_and_places_them_on_the_tf(anchor: str) -> None:
+    rng = np.random.default_rng(3)
+    centre = np.array([0.1, -0.05, 0.08])
+    true = sample_views("one-sided", 8, 0.4, rng, centre)
+    # A rig moved as a whole (what refinement cannot see) comes back exactly.
+    moved = np.eye(4)
+    moved[:3, :3] = Rotation.from_rotvec([0.01, -0.02, 0.03]).as_matrix()
+    moved[:3, 3] = [0.004, -0.007, 0.002]
+    assert np.allclose(oracle_poses(true, moved @ true, anchor, centre), moved @ true, atol=1e-6)
+    # Per-frame noise: the relative poses stay the true ones, and the placement is the TF
+    # average: it puts the object nearer the truth than the frames do on average.
+    noisy = perturb_poses(true, rng, 2.0, 0.01)
+    oracle = oracle_poses(true, noisy, anchor, centre)
+    for i in range(1, len(true)):
+        assert np.allclose(
+            np.linalg.inv(oracle[0]) @ oracle[i], np.linalg.inv(true[0]) @ true[i], atol=1e-6
+        )
+
+    def displacement(rig: np.ndarray) -> float:
+        return float(np.linalg.norm(rig[:3, :3] @ centre + rig[:3, 3] - centre))
+
+    per_frame = [displacement(n @ np.linalg.inv(t)) for n, t in zip(noisy, true, strict=True)]
+    assert 0.0 < displacement(oracle[0] @ np.linalg.inv(true[0])) < np.mean(per_frame)
+    with pytest.raises(ValueError, match="anchor"):
+        oracle_poses(true, noisy, "median", centre)

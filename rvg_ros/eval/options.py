@@ -12,6 +12,7 @@ SAMPLERS = ("orbit", "one-sided", "random")
 # depth; rgbd-unsegmented: colour + depth only, the pipeline finds the object itself.
 MODALITIES = ("rgbd", "rgb", "rgbd-unsegmented")
 POSE_INPUTS = ("tf", "none")
+POSE_ORACLES = ("off", "cameras", "object")
 REFINE_CHOICES = ("auto", "on", "off")  # as rvg_ros.core.poses.REFINE_CHOICES
 DEFAULT_BACKENDS = ("fusion", "hull", "fusion+convex", "fusion+carve", "fusion+mirror")
 
@@ -57,6 +58,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POSE_INPUTS,
         default="tf",
         help="tf: frames carry (possibly perturbed) poses; none: unposed, poses are estimated",
+    )
+    parser.add_argument(
+        "--pose-oracle",
+        choices=POSE_ORACLES,
+        default="off",
+        help="the floor of --refine-poses: record the TRUE relative poses, placed where the "
+        "perturbed TF poses put them on average (cameras: the camera fit refinement uses; "
+        "object: mean rotation and mean placement of the object's centre) -- what a perfect "
+        "refinement could give; run with --refine-poses off",
     )
     parser.add_argument(
         "--refine-poses",

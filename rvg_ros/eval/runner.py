@@ -106,6 +106,8 @@ class EvalConfig:
                 args += [flag, f"{value:g}"]
         if v.pose_input != "tf":
             args += ["--pose-input", v.pose_input]
+        if v.pose_oracle != "off":
+            args += ["--pose-oracle", v.pose_oracle]
         if self.refine_poses != "off":
             args += ["--refine-poses", self.refine_poses]
         if v.depth_noise:
@@ -279,6 +281,8 @@ def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
         noise += f", hand-eye offset {v.hand_eye_deg:g}° / {v.hand_eye_m * 1000:g} mm"
     if v.pose_input == "none":
         noise += ", unposed (poses estimated)"
+    if v.pose_oracle != "off":
+        noise += f", oracle poses (true relative poses anchored on the TF, {v.pose_oracle})"
     if config.refine_poses != "off":
         noise += f", pose refinement {config.refine_poses}"
     return (
@@ -305,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             hand_eye_deg=args.hand_eye_deg,
             hand_eye_m=args.hand_eye_mm / 1000.0,
             pose_input=args.pose_input,
+            pose_oracle=args.pose_oracle,
             holdout_views=args.holdout_views,
         ),
         out=Path(args.out),

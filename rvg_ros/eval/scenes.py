@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
+from rvg_ros.core.geometry import invert_rigid
+from rvg_ros.core.poses.align import align_cameras, apply_similarity
 from rvg_ros.core.session import CaptureSession
 from rvg_ros.core.types import Frame, Intrinsics
 from rvg_ros.eval.datasets import EvalObject
-from rvg_ros.eval.options import MODALITIES
+from rvg_ros.eval.options import MODALITIES, POSE_ORACLES
 from rvg_ros.sim.capture import GT_MESH_NAME, DepthNoise, render_frames, write_gt_mesh
 from rvg_ros.sim.views import SAMPLERS, default_intrinsics, fit_radius, orbit, perturb_poses
 from rvg_ros.sim.views import sample_views as sample_view_poses
@@ -43,8 +46,13 @@ class ViewSpec:
     hand_eye_deg: float = 0.0
     hand_eye_m: float = 0.0
     pose_input: str = "tf"  # "none": frames are written without poses
+    # Not "off": the perturbed poses are replaced by the true relative poses placed where the
+    # perturbed ones are on average (``eval.poses.oracle_poses``): a perfect refinement.
+    pose_oracle: str = "off"
 
     def validate(self) -> None:
+        if self.pose_oracle not in POSE_ORACLES:
+            raise ValueError(f"pose oracle must be one of {POSE_ORACLES}, got {self.pose_oracle!r}")
         if not MIN_VIEWS <= self.views <= MAX_VIEWS:
             raise ValueError(f"views must be {MIN_VIEWS}-{MAX_VIEWS}, got {self.views}")
         if self.sampler.replace("_", "-") not in SAMPLERS:
@@ -88,8 +96,6 @@ def mean_azimuth_deg(poses: np.ndarray, target: np.ndarray) -> float:
 def hand_eye_offset(rng: np.random.Generator, degrees: float, metres: float) -> np.ndarray:
     """A camera-frame offset of exactly ``degrees`` about a random axis and ``metres`` along a
     random direction: what a hand-eye calibration that is off by that much adds to every pose."""
-    from scipy.spatial.transform import Rotation
-
     axis, direction = rng.normal(size=3), rng.normal(size=3)
     offset = np.eye(4)
     offset[:3, :3] = Rotation.from_rotvec(
@@ -97,6 +103,32 @@ def hand_eye_offset(rng: np.random.Generator, degrees: float, metres: float) -> 
     ).as_matrix()
     offset[:3, 3] = direction / np.linalg.norm(direction) * metres
     return offset
+
+
+def oracle_poses(
+    true: np.ndarray, recorded: np.ndarray, anchor: str, centre: np.ndarray
+) -> np.ndarray:
+    """What a perfect refinement of the ``recorded`` (perturbed) poses could give: the true
+    relative poses, put where the recorded ones are on average -- the pose graph knows only
+    relative poses, so where the rig sits comes from the TF alone.
+
+    ``cameras``: the rigid fit of the true cameras onto the recorded ones that
+    ``poses.refine.refine_given`` uses (``align_cameras``). ``object``: the mean of the
+    rotations each recorded pose implies and the mean of where each puts the object's
+    ``centre`` (anchored at the object instead of the cameras, so a rotation error does not
+    act on a lever arm)."""
+    if anchor == "cameras":
+        back = align_cameras(list(true), list(recorded), with_scale=False)
+    elif anchor == "object":
+        implied = [r @ invert_rigid(t) for t, r in zip(true, recorded, strict=True)]
+        rotation = Rotation.from_matrix([m[:3, :3] for m in implied]).mean().as_matrix()
+        placed = np.mean([m[:3, :3] @ centre + m[:3, 3] for m in implied], axis=0)
+        back = np.eye(4)
+        back[:3, :3] = rotation
+        back[:3, 3] = placed - rotation @ centre
+    else:
+        raise ValueError(f"unknown pose oracle anchor {anchor!r}")
+    return np.stack([apply_similarity(back, t) for t in true])
 
 
 def render_object(obj: EvalObject, spec: ViewSpec, folder: Path, seed: int = 0) -> RenderedCapture:
@@ -123,6 +155,8 @@ def render_object(obj: EvalObject, spec: ViewSpec, folder: Path, seed: int = 0) 
         recorded = perturb_poses(poses, rng, spec.pose_noise_deg, spec.pose_noise_m)
     if spec.hand_eye_deg > 0 or spec.hand_eye_m > 0:
         recorded = recorded @ hand_eye_offset(rng, spec.hand_eye_deg, spec.hand_eye_m)
+    if spec.pose_oracle != "off":
+        recorded = oracle_poses(poses, recorded, spec.pose_oracle, target)
     session = CaptureSession(folder)
     if len(session):
         raise ValueError(f"{folder} already holds a capture; use a fresh output folder")
