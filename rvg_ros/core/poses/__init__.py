@@ -233,10 +233,11 @@ def prepare_poses(
             )
             method = "refined"
             final = refined.poses
+            quality = {"refine_groups": float(refined.groups)}
             if refined.hand_eye is not None:
                 # A constant camera offset was found and removed (see refine.py).
                 metres, degrees = pose_difference(np.eye(4), refined.hand_eye)
-                quality = {"hand_eye_m": metres, "hand_eye_deg": degrees}
+                quality.update(hand_eye_m=metres, hand_eye_deg=degrees)
             for i, (metres, deg) in refined.corrections.items():
                 report[i].correction_m, report[i].correction_deg = metres, deg
             for i in posed:

@@ -1,7 +1,10 @@
 """Refine given camera poses (TF) against each other on the depth: pairwise ICP started from
 the given relative poses, a pose graph over the pairs, and the result put back where the given
-poses were on average (the graph only knows relative poses). A frame whose correction exceeds
-the bound, or whose depth agrees with no other frame near its given pose, is rejected.
+poses were on average (the graph only knows relative poses). A pair is trusted when its views
+overlap and neither view saw through the other's aligned surface (free space). Frames that no
+trusted pair joins form separate groups, each refined and placed on its own. A frame whose
+correction exceeds the bound, or whose depth agrees with no other frame near its given pose, is
+rejected.
 
 A constant camera offset (a hand-eye calibration that is off: every TF pose is the true one
 times the same error ``X``) is not averaged away by that. It is estimated instead: the motions
@@ -43,6 +46,8 @@ class Refinement:
     # The constant camera offset found and removed (camera-frame error of every TF pose), or
     # None when the TF errors are not explained by one.
     hand_eye: np.ndarray | None = None
+    # Groups of two or more frames refined together; between groups only the TF relates them.
+    groups: int = 0
 
 
 # Hand-eye estimation: damping (share of the largest eigenvalue of the normal equations), the
@@ -165,13 +170,18 @@ def refine_given(
         if p.ok:
             weight[p.source, p.target] = weight[p.target, p.source] = 1.0
     _, labels = connected_components(csr_matrix(weight), directed=False)
-    counts = np.bincount(labels[nodes], minlength=labels.max() + 1)
-    main = int(np.argmax(counts))
+    # Groups of frames tied together by trusted pairs, largest first. With views far apart
+    # (an orbit) the frames can fall into groups that no trusted pair joins, e.g. the two
+    # halves of an orbit around a box; each group is refined on its own and placed by its own
+    # TF poses, rather than keeping only the largest one.
+    groups = sorted(
+        ([i for i in nodes if labels[i] == label] for label in set(labels[nodes].tolist())),
+        key=lambda g: (-len(g), g[0]),
+    )
     rejected: dict[int, str] = {}
-    connected = [i for i in nodes if labels[i] == main and counts[main] > 1]
-    for i in nodes:
-        if i not in connected:
-            rejected[i] = (
+    for group in groups:
+        if len(group) == 1:
+            rejected[group[0]] = (
                 "its depth agrees with no other frame near the given pose (the pose is off by "
                 f"more than {max_correction_m:g} m / {max_correction_deg:g} deg, or the view "
                 "overlaps no other)"
@@ -179,22 +189,23 @@ def refine_given(
     corrections: dict[int, tuple[float, float]] = {}
     poses: dict[int, np.ndarray] = {}
     hand_eye: np.ndarray | None = None
-    if len(connected) >= 2:
-        # Express the graph relative to the first connected camera, optimise, then put the
+    groups = [g for g in groups if len(g) >= 2]
+    for k, group in enumerate(groups):
+        # Express the graph relative to the group's first camera, optimise, then put the
         # cameras back where the given poses are on average.
-        ref = connected[0]
-        rel = {i: invert_rigid(initial[ref]) @ initial[i] for i in connected}
+        ref = group[0]
+        rel = {i: invert_rigid(initial[ref]) @ initial[i] for i in group}
         optimised = optimise_pose_graph(n, pairs, rel, voxel, reference=ref)
-        hand_eye = _hand_eye_offset(
-            initial, optimised, connected, max_correction_m, max_correction_deg
-        )
-        anchors = {
-            i: initial[i] @ (hand_eye if hand_eye is not None else np.eye(4)) for i in connected
-        }
+        if k == 0:
+            # A constant camera offset is one for all frames: found on the largest group.
+            hand_eye = _hand_eye_offset(
+                initial, optimised, group, max_correction_m, max_correction_deg
+            )
+        anchors = {i: initial[i] @ (hand_eye if hand_eye is not None else np.eye(4)) for i in group}
         back = align_cameras(
-            [optimised[i] for i in connected], [anchors[i] for i in connected], with_scale=False
+            [optimised[i] for i in group], [anchors[i] for i in group], with_scale=False
         )
-        for i in connected:
+        for i in group:
             refined = apply_similarity(back, optimised[i])
             corrections[i] = pose_difference(initial[i], refined)
             if corrections[i][0] > max_correction_m or corrections[i][1] > max_correction_deg:
@@ -205,12 +216,11 @@ def refine_given(
                 )
             else:
                 poses[i] = refined
-    elif len(connected) == 1:
-        poses[connected[0]] = initial[connected[0]]
     return Refinement(
         poses=poses,
         corrections=corrections,
         rejected=rejected,
         pairs=pairs,
         hand_eye=invert_rigid(hand_eye) if hand_eye is not None else None,
+        groups=len(groups),
     )
