@@ -17,7 +17,7 @@ from rvg_ros.core.poses.depth_registration import (
     constrained_update,
     point_to_plane_information,
 )
-from rvg_ros.core.poses.refine import refine_given
+from rvg_ros.core.poses.refine import Refinement, refine_given
 from rvg_ros.core.session import TF_POSE_KEY, CaptureSession
 from rvg_ros.core.types import Frame, ReconstructionError
 from rvg_ros.eval.datasets import load_ycb
@@ -147,6 +147,18 @@ def test_refinement_corrects_an_offset_and_rejects_an_outrageous_one(box_views) 
     assert all(f.status == "given" for f in plain.frames)
 
 
+def refine_noisy_orbit(
+    name: str, tmp_path: Path
+) -> tuple[np.ndarray, dict[int, np.ndarray], Refinement]:
+    """The harness's capture of ``name`` (8 orbiting RGB-D views, TF noise 2 deg / 1 cm per
+    frame, seed 0) refined: (true poses, given poses, refinement)."""
+    spec = ViewSpec(views=8, sampler="orbit", pose_noise_deg=2.0, pose_noise_m=0.01)
+    capture = render_object(load_ycb(name), spec, tmp_path / name, seed=0)
+    frames = CaptureSession(capture.folder, create=False).frames()
+    given = {i: f.camera_to_world for i, f in enumerate(frames)}
+    return capture.true_poses, given, refine_given(frames, given, 0.05, 10.0)
+
+
 def test_refinement_trusts_no_slid_pair_and_refines_both_halves_of_an_orbit(
     tmp_path: Path,
 ) -> None:
@@ -156,12 +168,7 @@ def test_refinement_trusts_no_slid_pair_and_refines_both_halves_of_an_orbit(
     0.265 against 0.898 unrefined). Such an alignment puts one view's points where the other
     saw empty space, so it is not trusted; the frames then fall into two halves that no trusted
     pair joins, and each is refined on its own."""
-    spec = ViewSpec(views=8, sampler="orbit", pose_noise_deg=2.0, pose_noise_m=0.01)
-    capture = render_object(load_ycb("003_cracker_box"), spec, tmp_path / "box", seed=0)
-    frames = CaptureSession(capture.folder, create=False).frames()
-    truth = capture.true_poses
-    given = {i: f.camera_to_world for i, f in enumerate(frames)}
-    refinement = refine_given(frames, given, 0.05, 10.0)
+    truth, given, refinement = refine_noisy_orbit("003_cracker_box", tmp_path)
     trusted = [p for p in refinement.pairs if p.ok]
     assert len(trusted) >= 8
     for p in trusted:
@@ -184,12 +191,7 @@ def test_refinement_keeps_pairs_that_disagree_with_the_best_overlapping_ones_out
     deg off each other (the TF poses: 4). Neighbouring pairs (most overlap) agree; the spanning
     tree of those keeps the others out, and the cameras come out about 2 deg off each other
     (what is left is the TF's own turn where the surfaces leave it free)."""
-    spec = ViewSpec(views=8, sampler="orbit", pose_noise_deg=2.0, pose_noise_m=0.01)
-    capture = render_object(load_ycb("019_pitcher_base"), spec, tmp_path / "pitcher", seed=0)
-    frames = CaptureSession(capture.folder, create=False).frames()
-    truth = capture.true_poses
-    given = {i: f.camera_to_world for i, f in enumerate(frames)}
-    refinement = refine_given(frames, given, 0.05, 10.0)
+    truth, given, refinement = refine_noisy_orbit("019_pitcher_base", tmp_path)
     assert sorted(refinement.poses) == list(range(8)) and refinement.groups == 1
 
     def relative_errors(poses: dict[int, np.ndarray]) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 import open3d as o3d
 from scipy.ndimage import distance_transform_edt, minimum_filter
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
@@ -641,6 +641,35 @@ class DepthRegistration:
         return sum(p.ambiguous_turn for p in trusted) / len(trusted) if trusted else 0.0
 
 
+def spanning_tree_poses(
+    pairs: list[PairResult], n: int, root: int, score: Callable[[PairResult], float]
+) -> tuple[dict[int, np.ndarray], set[tuple[int, int]]]:
+    """Camera-to-``root`` poses of the nodes the maximum spanning tree of ``pairs`` (by
+    ``score``, in [0, 1]) reaches from ``root``, chained along it, and the tree's pairs as
+    (target, source)."""
+    weight = np.zeros((n, n))
+    for p in pairs:
+        # Higher score, lower weight: a minimum spanning tree of 2 - score (0 means no edge).
+        weight[p.target, p.source] = weight[p.source, p.target] = 2.0 - score(p)
+    tree = minimum_spanning_tree(csr_matrix(weight)).toarray()
+    tree = (tree + tree.T) > 0
+    by_key = {(p.target, p.source): p for p in pairs}
+    poses = {root: np.eye(4)}
+    stack = [root]
+    while stack:
+        a = stack.pop()
+        for b in np.nonzero(tree[a])[0]:
+            b = int(b)
+            if b in poses:
+                continue
+            if (a, b) in by_key:  # target a, source b: cam_a_from_cam_b
+                poses[b] = poses[a] @ by_key[(a, b)].transformation
+            else:
+                poses[b] = poses[a] @ invert_rigid(by_key[(b, a)].transformation)
+            stack.append(b)
+    return poses, {key for key in by_key if tree[key]}
+
+
 def register_depth(frames: list[Frame], seed: int = 0) -> DepthRegistration:
     """Register every frame to every other from scratch; poses relative to frame 0."""
     n = len(frames)
@@ -655,31 +684,12 @@ def register_depth(frames: list[Frame], seed: int = 0) -> DepthRegistration:
                 inits.append(feature)
             pairs.append(_pair(i, j, clouds, inits, voxel, 2.0 * voxel))
     # The most overlapping pairs form a spanning tree that gives every node its initial pose.
-    weight = np.zeros((n, n))
-    for p in pairs:
-        if p.ok:
-            weight[p.target, p.source] = weight[p.source, p.target] = 2.0 - p.tree_score
-    _, labels = connected_components(csr_matrix(weight), directed=False)
-    tree = minimum_spanning_tree(csr_matrix(weight)).toarray()
-    tree = (tree + tree.T) > 0
-    by_key = {(p.target, p.source): p for p in pairs}
-    poses = {0: np.eye(4)}
-    stack = [0]
-    while stack:
-        a = stack.pop()
-        for b in np.nonzero(tree[a])[0]:
-            b = int(b)
-            if b in poses:
-                continue
-            if (a, b) in by_key:  # target a, source b: cam_a_from_cam_b
-                poses[b] = poses[a] @ by_key[(a, b)].transformation
-            else:
-                poses[b] = poses[a] @ invert_rigid(by_key[(b, a)].transformation)
-            stack.append(b)
+    trusted = [p for p in pairs if p.ok]
+    poses, _ = spanning_tree_poses(trusted, n, 0, lambda p: p.tree_score)
     dropped = {
         i: "its depth overlaps no registered frame (no pair passed ICP)"
         for i in range(n)
-        if labels[i] != labels[0]
+        if i not in poses
     }
     if len(poses) > 1:
         poses = optimise_pose_graph(n, pairs, poses, voxel, reference=0)

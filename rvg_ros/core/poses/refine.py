@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.transform import Rotation
 
 from rvg_ros.core.geometry import invert_rigid
@@ -32,6 +32,7 @@ from rvg_ros.core.poses.depth_registration import (
     _pair,
     optimise_pose_graph,
     prepare_cloud,
+    spanning_tree_poses,
     voxel_size_for,
 )
 from rvg_ros.core.types import Frame
@@ -138,13 +139,13 @@ MAX_EDGE_DISAGREEMENT_DEG = 2.0
 def consistent_graph(
     n: int,
     pairs: list[PairResult],
-    group: list[int],
     initial: dict[int, np.ndarray],
     voxel: float,
     reference: int,
 ) -> dict[int, np.ndarray]:
-    """Optimised poses of ``group``: of the graph over all its trusted pairs and the graph over
-    those that agree with the best-overlapping ones, the one more trusted pairs agree with.
+    """Optimised poses of the nodes in ``initial`` (a group joined by trusted pairs): of the
+    graph over all its trusted pairs and the graph over those that agree with the
+    best-overlapping ones, the one more trusted pairs agree with.
 
     Pairwise ICP from TF poses a few centimetres off can settle on a wrong alignment that free
     space does not reveal: on 8 views orbiting the pitcher, the pairs 90 degrees apart were
@@ -159,28 +160,9 @@ def consistent_graph(
     at 0.98 overlap), and then the graph over all pairs has more support (17 vs 13 of 20).
     """
     active = [p for p in pairs if p.ok and p.source in initial and p.target in initial]
-    index = {node: k for k, node in enumerate(group)}
-    cost = np.zeros((len(group), len(group)))
-    for p in active:
-        # Overlap in (0, 1]: more overlap, lower cost (a minimum spanning tree of 2 - fitness).
-        cost[index[p.target], index[p.source]] = 2.0 - p.fitness
-    tree = minimum_spanning_tree(csr_matrix(cost)).toarray() > 0
-    tree |= tree.T
-    in_tree = [bool(tree[index[p.target], index[p.source]]) for p in active]
-    # Poses along the tree from the reference (``transformation`` is target_from_source).
-    chained = {reference: np.eye(4)}
-    for _ in group:
-        for p, t in zip(active, in_tree, strict=True):
-            if t and p.target in chained and p.source not in chained:
-                chained[p.source] = chained[p.target] @ p.transformation
-            elif t and p.source in chained and p.target not in chained:
-                chained[p.target] = chained[p.source] @ invert_rigid(p.transformation)
-    if len(chained) < len(group):  # not one tree (cannot happen for a connected group)
-        return optimise_pose_graph(n, active, initial, voxel, reference=reference)
+    chained, tree = spanning_tree_poses(active, n, reference, lambda p: p.fitness)
     kept = [
-        p
-        for p, t in zip(active, in_tree, strict=True)
-        if t or _disagreement(p, chained, voxel) <= 1.0
+        p for p in active if (p.target, p.source) in tree or _disagreement(p, chained, voxel) <= 1.0
     ]
     from_tree = optimise_pose_graph(n, kept, initial, voxel, reference=reference)
     from_all = optimise_pose_graph(n, active, initial, voxel, reference=reference)
@@ -265,7 +247,7 @@ def refine_given(
         # cameras back where the given poses are on average.
         ref = group[0]
         rel = {i: invert_rigid(initial[ref]) @ initial[i] for i in group}
-        optimised = consistent_graph(n, pairs, group, rel, voxel, ref)
+        optimised = consistent_graph(n, pairs, rel, voxel, ref)
         if k == 0:
             # A constant camera offset is one for all frames: found on the largest group.
             hand_eye = _hand_eye_offset(
