@@ -168,7 +168,15 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     stages: list[str] = []
     result, _ = reconstruct_frames(
         frames,
-        settings({"rvc": True, "rvc_t_start": 0.9, "confidence_samples": 2}),
+        settings(
+            {
+                "rvc": True,
+                "rvc_t_start": 0.9,
+                "rvc_photometric": 1.0,
+                "rvc_crop": 0.15,
+                "confidence_samples": 2,
+            }
+        ),
         lambda s, f: stages.append(s),
     )
     assert "fine 2/2" in stages and "fine spread 2/2" in stages
@@ -187,6 +195,7 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     # Both steps are below t_start = 0.9 (t = 1.0 is not; t = 0.5 is): one compensated step.
     assert len(report) == 1 and report[0]["t"] == 0.5
     assert len(report[0]["before"]) == len(frames) == len(report[0]["after"])
+    assert result.extras["rvc_photometric"] == 1.0 and result.extras["rvc_crop"] == 0.15
     # fine: false ignores the weights; auto uses them; the default (no_depth) only without depth.
     off, _ = reconstruct_frames(frames, settings({"fine": False}))
     assert off.extras["fine"] == "off"

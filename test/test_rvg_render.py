@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import open3d as o3d
 import pytest
@@ -23,7 +25,9 @@ from rvg_ros.rvg.render import (
 from rvg_ros.rvg.render_loss import (
     LossConfig,
     View,
+    crop_to_mask,
     depth_loss,
+    photo_consistency,
     silhouette_loss,
     ssim,
     view_from_frame,
@@ -366,3 +370,129 @@ def test_view_from_frame_without_mask_keeps_depth_inside_the_cube_only():
     # Target pixels whose block straddles the sphere's outline are dropped by design (0.86).
     assert (kept & on_sphere).sum() > 0.75 * on_sphere.sum()
     assert (kept & ~on_sphere).sum() < 0.05 * on_sphere.sum()
+
+
+def textured_box_views(size: int = 64) -> list[View]:
+    """Three views, 25 degrees apart, of a box with a random colour per vertex of a fine mesh
+    (a texture at about a pixel's scale), rendered by Open3D at 192 px."""
+    half = (0.3, 0.2, 0.15)
+    box = trimesh.creation.box(extents=[2 * h for h in half])
+    vertices, faces = trimesh.remesh.subdivide_to_size(box.vertices, box.faces, max_edge=0.025)
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    rng = np.random.default_rng(3)
+    colours = rng.integers(0, 256, size=(len(vertices), 3))
+    mesh.visual.vertex_colors = np.concatenate([colours, np.full((len(vertices), 1), 255)], 1)
+    renderer = MeshRenderer(metric_mesh(mesh), ambient=1.0)
+    k = Intrinsics(fx=300.0, fy=300.0, cx=95.5, cy=95.5, width=192, height=192)
+    views = []
+    for angle in (-25.0, 0.0, 25.0):
+        turn = trimesh.transformations.rotation_matrix(np.radians(angle), [0, 0, 1])[:3, :3]
+        c2w = look_at(CUBE.center + turn @ np.array([0.5, 0.3, 0.35]), CUBE.center)
+        ref = renderer.render(k, c2w)
+        frame = Frame(rgb=ref.rgb, intrinsics=k, camera_to_world=c2w, mask=ref.mask)
+        views.append(view_from_frame(frame, CUBE, size=size))
+    return views
+
+
+def test_photo_consistency_is_lowest_at_the_true_surface_and_its_gradient_points_there():
+    """The box's SDF grown or shrunk by 0.03 cube units (about 2 pixels) warps the other views'
+    texture to the wrong pixels: every view's photometric loss is higher than at the true SDF,
+    and d loss / d offset pulls the offset back towards 0 from either side."""
+    views = textured_box_views()
+    cameras = [v.camera for v in views]
+
+    def loss(offset: torch.Tensor) -> torch.Tensor:
+        renders = render_views(SDFField(box_sdf() - offset), cameras)
+        return photo_consistency(renders, views, LossConfig(photometric=1.0))
+
+    true = loss(torch.tensor(0.0))
+    assert (true < 0.4).all()  # not 0: a pixel-scale texture aliases differently per view
+    for wrong in (-0.03, 0.03):
+        assert (loss(torch.tensor(wrong)) > true + 0.1).all()
+        offset = torch.tensor(wrong, requires_grad=True)
+        loss(offset).sum().backward()
+        assert offset.grad is not None and torch.isfinite(offset.grad)
+        assert float(offset.grad) * wrong > 0  # descent moves the offset towards 0
+
+
+def test_photo_consistency_needs_two_views_with_colour():
+    views = textured_box_views()
+    renders = render_views(SDFField(box_sdf()), [v.camera for v in views])
+    alone = photo_consistency(renders[:1], views[:1])
+    assert alone.shape == (1,) and float(alone[0]) == 0.0
+    no_colour = [View(camera=v.camera, mask=v.mask) for v in views]
+    assert (photo_consistency(renders, no_colour) == 0.0).all()
+
+
+def test_cropped_view_renders_the_same_object_at_more_pixels():
+    """Cut to the mask's box, the camera follows the cut: at full resolution the cropped view
+    renders exactly the whole view's pixels in that window; reduced to 64 pixels the object
+    covers more of the target than the whole image reduced to 64 does."""
+    mesh = trimesh.creation.icosphere(subdivisions=5, radius=0.2)
+    k = Intrinsics(fx=800.0, fy=800.0, cx=110.5, cy=80.5, width=256, height=192)
+    c2w = look_at(CUBE.center + EYES[0] * 1.6, CUBE.center)
+    ref = MeshRenderer(metric_mesh(mesh), ambient=1.0).render(k, c2w)
+    frame = Frame(rgb=ref.rgb, intrinsics=k, camera_to_world=c2w, depth=ref.depth, mask=ref.mask)
+    field = SDFField(sphere_sdf(centre=(0.0, 0.0, 0.0), radius=0.2))
+    whole = view_from_frame(frame, CUBE, size=256)
+    cut = crop_to_mask(frame, 0.1)
+    cropped = view_from_frame(frame, CUBE, size=256, crop_margin=0.1)
+    r0 = round(k.cy - cut.intrinsics.cy)
+    c0 = round(k.cx - cut.intrinsics.cx)
+    window = (slice(r0, r0 + cut.intrinsics.height), slice(c0, c0 + cut.intrinsics.width))
+    assert cut.mask.sum() == frame.mask.sum()  # the whole object is inside the cut
+    assert torch.equal(cropped.mask, whole.mask[window])
+    a, b = render(field, cropped.camera), render(field, whole.camera)
+    assert torch.allclose(a.silhouette, b.silhouette[window], atol=1e-5)
+    assert torch.allclose(a.depth, b.depth[window], atol=1e-5)
+    small = view_from_frame(frame, CUBE, size=64, crop_margin=0.1)
+    assert max(small.camera.width, small.camera.height) == 64
+    assert small.mask.mean() > 3 * view_from_frame(frame, CUBE, size=64).mask.mean()
+
+
+def test_rvc_with_the_photometric_term_alone_pulls_a_grown_box_back():
+    """A "model" that believes the box is 0.03 cube units larger than the textured views show,
+    sampled with RVC whose only term is the photometric one (no silhouette, depth or colour of
+    the field) at the paper's lambda: every sample ends closer to the true size than plain
+    sampling's, and the opposite sign of lambda pushes every one further off."""
+    from rvg_ros.rvg.flow import sample_flow
+    from rvg_ros.rvg.rvc import RVCConfig, sample_flow_rvc
+
+    views = textured_box_views()
+    believed, spread = 0.03, 0.01
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        # The exact rectified-flow velocity of data N(believed, spread^2).
+        tt = t.view(-1, 1)
+        c = (1 - tt) * spread**2 / ((1 - tt) ** 2 * spread**2 + tt**2)
+        x0 = believed + c * (x - (1 - tt) * believed)
+        return (x - (1 - tt) * x0) / tt - x0
+
+    def decode(x0: torch.Tensor) -> list[SDFField]:
+        return [SDFField(box_sdf() - x[0]) for x in x0]
+
+    only_photo = LossConfig(silhouette=0.0, depth=0.0, colour=0.0, photometric=1.0)
+
+    def rvc(strength: float) -> tuple[torch.Tensor, list]:
+        g = torch.Generator().manual_seed(0)
+        config = RVCConfig(strength=strength, loss=only_photo)
+        return sample_flow_rvc(velocity, (3, 1), 10, 1.0, g, decode, views, config)
+
+    plain = sample_flow(velocity, (3, 1), 10, 1.0, torch.Generator().manual_seed(0))
+    pulled, steps = rvc(0.1)
+    assert len(steps) == 4 and all(bool(s.kept.all()) for s in steps)  # t = 0.4 ... 0.1
+    # Measured: 0.031 / 0.030 / 0.028 -> 0.019 / 0.026 / 0.002.
+    assert (pulled.abs() < plain.abs() - 0.003).all(), (plain, pulled)
+    assert (rvc(-0.1)[0].abs() > plain.abs()).all()
+
+
+def test_photo_consistency_leaves_out_views_with_depth():
+    """With depth a view's surface is measured; only the views without depth get the term."""
+    views = textured_box_views()
+    renders = render_views(SDFField(box_sdf() - 0.03), [v.camera for v in views])
+    without = photo_consistency(renders, views)
+    assert (without > 0.1).all()
+    measured = [replace(views[0], depth=renders[0].depth.detach()), *views[1:]]
+    mixed = photo_consistency(renders, measured)
+    assert float(mixed[0]) == 0.0
+    assert torch.allclose(mixed[1:], without[1:])  # the measured view's image still counts

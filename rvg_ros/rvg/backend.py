@@ -42,6 +42,7 @@ from rvg_ros.rvg.generate import (
     generate_fine,
     load_fine_model,
     load_model,
+    rvc_targets,
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
@@ -99,7 +100,8 @@ class RVGSettings:
     # does not (0.956 vs 0.964): there the measured surface already decides most of the shape.
     fine: bool | str = "no_depth"
     # Its sampling and rendering-aware velocity compensation (options fine_steps,
-    # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size).
+    # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size, rvc_crop, rvc_colour,
+    # rvc_photometric).
     fine_sampling: FineConfig = field(default_factory=FineConfig)
     # Gaussian smoothing of the fine SDF (fine voxels) before decode; 0 = none.
     fine_smoothing: float = 0.0
@@ -148,6 +150,10 @@ class RVGBackend:
                 rvc_strength=float(extra.get("rvc_strength", FineConfig.rvc_strength)),
                 rvc_t_start=float(extra.get("rvc_t_start", FineConfig.rvc_t_start)),
                 rvc_view_size=int(extra.get("rvc_view_size", FineConfig.rvc_view_size)),
+                rvc_colour=float(extra.get("rvc_colour", FineConfig.rvc_colour)),
+                rvc_crop=float(extra.get("rvc_crop", FineConfig.rvc_crop)),
+                rvc_photometric=float(extra.get("rvc_photometric", FineConfig.rvc_photometric)),
+                rvc_coarse=bool(extra.get("rvc_coarse", FineConfig.rvc_coarse)),
             ),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
@@ -181,6 +187,11 @@ class RVGBackend:
         coarse = self.coarse_config(prior.use_depth)
         with timer.stage("condition"):
             onehot, condition = coarse_condition(model, prior, coarse, device)
+        coarse_rvc = (
+            rvc_targets(s.fine_sampling, prior.cube, capture.frames, device)
+            if s.fine_sampling.rvc and s.fine_sampling.rvc_coarse and fine_model is not None
+            else (None, [])
+        )
         with timer.stage("sampling") as sub:
             occupancy = sample_coarse(
                 model,
@@ -191,6 +202,8 @@ class RVGBackend:
                 seed,
                 device,
                 on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
+                rvc=coarse_rvc[0],
+                rvc_views=coarse_rvc[1],
             )
         fine: FineSample | None = None
         fine_sdf: np.ndarray | None = None
@@ -336,6 +349,10 @@ class RVGBackend:
         if f.rvc:
             report["rvc_strength"] = f.rvc_strength
             report["rvc_t_start"] = f.rvc_t_start
+            report["rvc_view_size"] = f.rvc_view_size
+            report["rvc_crop"] = f.rvc_crop
+            report["rvc_colour"] = f.rvc_colour
+            report["rvc_photometric"] = f.rvc_photometric
             # Scalars only in result.json: the per-step, per-view losses as one JSON string.
             report["rvc_view_losses"] = json.dumps(
                 [

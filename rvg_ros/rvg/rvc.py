@@ -42,7 +42,7 @@ import torch
 
 from rvg_ros.rvg.flow import VelocityFn, sample_flow
 from rvg_ros.rvg.render import RenderConfig, SDFField, render_views
-from rvg_ros.rvg.render_loss import LossConfig, View, view_loss
+from rvg_ros.rvg.render_loss import LossConfig, View, photo_consistency, view_loss
 
 # decode(x0_hat (B, ...)) -> one renderable field per batch item, differentiable in x0_hat.
 Decoder = Callable[[torch.Tensor], Sequence[SDFField]]
@@ -85,7 +85,10 @@ def view_loss_terms(
     for f in fields:
         renders = render_views(f, [v.camera for v in views], cfg.render)
         terms = [view_loss(r, v, cfg.loss) for r, v in zip(renders, views, strict=True)]
-        totals.append(torch.stack([t.total for t in terms]))
+        total = torch.stack([t.total for t in terms])
+        if cfg.loss.photometric > 0.0 and len(views) > 1:
+            total = total + cfg.loss.photometric * photo_consistency(renders, views, cfg.loss)
+        totals.append(total)
         geometry.append(
             torch.stack(
                 [cfg.loss.silhouette * t.silhouette + cfg.loss.depth * t.depth for t in terms]
