@@ -42,7 +42,6 @@ from rvg_ros.rvg.generate import (
     generate_fine,
     load_fine_model,
     load_model,
-    rvc_targets,
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
@@ -153,7 +152,6 @@ class RVGBackend:
                 rvc_colour=float(extra.get("rvc_colour", FineConfig.rvc_colour)),
                 rvc_crop=float(extra.get("rvc_crop", FineConfig.rvc_crop)),
                 rvc_photometric=float(extra.get("rvc_photometric", FineConfig.rvc_photometric)),
-                rvc_coarse=bool(extra.get("rvc_coarse", FineConfig.rvc_coarse)),
             ),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
@@ -187,11 +185,6 @@ class RVGBackend:
         coarse = self.coarse_config(prior.use_depth)
         with timer.stage("condition"):
             onehot, condition = coarse_condition(model, prior, coarse, device)
-        coarse_rvc = (
-            rvc_targets(s.fine_sampling, prior.cube, capture.frames, device)
-            if s.fine_sampling.rvc and s.fine_sampling.rvc_coarse and fine_model is not None
-            else (None, [])
-        )
         with timer.stage("sampling") as sub:
             occupancy = sample_coarse(
                 model,
@@ -202,8 +195,6 @@ class RVGBackend:
                 seed,
                 device,
                 on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
-                rvc=coarse_rvc[0],
-                rvc_views=coarse_rvc[1],
             )
         fine: FineSample | None = None
         fine_sdf: np.ndarray | None = None

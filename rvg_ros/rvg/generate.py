@@ -25,9 +25,8 @@ from rvg_ros.rvg.fine_sample import FineSample, FineSampleConfig, sample_fine
 from rvg_ros.rvg.flow import for_device, sample_flow
 from rvg_ros.rvg.model import WEIGHTS_NAME, RVGModel
 from rvg_ros.rvg.prior import FREE
-from rvg_ros.rvg.render import SDFField
 from rvg_ros.rvg.render_loss import LossConfig, View, view_from_frame
-from rvg_ros.rvg.rvc import RVCConfig, sample_flow_rvc
+from rvg_ros.rvg.rvc import RVCConfig
 from rvg_ros.rvg.train import enforce_evidence, velocity_fn
 
 StepFn = Callable[[int, int], None]
@@ -143,8 +142,6 @@ class FineConfig:
     # that pulls the surface onto the pixels without depth (docs/results.md, Table 2).
     rvc_colour: float = 1.0
     rvc_photometric: float = 1.0
-    # Also compensate the coarse stage's sampling (not in the paper; an experiment).
-    rvc_coarse: bool = False
 
 
 @torch.inference_mode()
@@ -164,14 +161,7 @@ def coarse_condition(
     return onehot, condition
 
 
-def coarse_rvc_decoder(x0: torch.Tensor) -> list[SDFField]:
-    """``rvc.Decoder`` for the coarse latent (B, 1, R, R, R) in [-1, 1]: occupancy p = (x + 1)
-    / 2 as the signed distance (0.5 - p) coarse voxels, the rule decode reads it by."""
-    res = x0.shape[-1]
-    return [SDFField((0.5 - ((x[0] + 1.0) / 2.0).clamp(0.0, 1.0)) / res) for x in x0]
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def sample_coarse(
     model: RVGModel,
     prior: PriorInputs,
@@ -181,38 +171,24 @@ def sample_coarse(
     seed: int,
     device: str,
     on_step: StepFn | None = None,
-    rvc: RVCConfig | None = None,
-    rvc_views: Sequence[View] = (),
 ) -> np.ndarray:
-    """(R, R, R) float32 occupancy probability of the coarse structure, evidence enforced.
-    With ``rvc`` (and its render targets) the sampling is compensated as the fine stage's."""
+    """(R, R, R) float32 occupancy probability of the coarse structure, evidence enforced."""
     res = model.config.resolution
     ev = torch.from_numpy(prior.evidence)[None].to(device)
     # The noise is drawn on the CPU: a seed gives the same start on every device.
     generator = torch.Generator().manual_seed(seed)
     steps = max(1, round(config.steps * config.start_time))
-    velocity = for_device(velocity_fn(model, onehot, condition), device)
-    options = {
-        "device": device,
-        "on_step": on_step,
-        "x_start": torch.where(ev == FREE, -1.0, 1.0)[:, None].float(),
-        "t_start": config.start_time,
-    }
-    shape = (1, 1, res, res, res)
-    if rvc is None:
-        x0 = sample_flow(velocity, shape, steps, config.cfg_scale, generator, **options)
-    else:
-        x0, _ = sample_flow_rvc(
-            velocity,
-            shape,
-            steps,
-            config.cfg_scale,
-            generator,
-            coarse_rvc_decoder,
-            rvc_views,
-            rvc,
-            **options,
-        )
+    x0 = sample_flow(
+        for_device(velocity_fn(model, onehot, condition), device),
+        (1, 1, res, res, res),
+        steps,
+        config.cfg_scale,
+        generator,
+        device,
+        on_step=on_step,
+        x_start=torch.where(ev == FREE, -1.0, 1.0)[:, None].float(),
+        t_start=config.start_time,
+    )
     occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
     if config.enforce_evidence:
         occupancy = enforce_evidence(occupancy, ev)
