@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,23 @@ def sphere_views() -> tuple[list[Frame], np.ndarray, float]:
         )
         frames.append(sphere_frame(centre, radius, eye))
     return frames, centre, radius
+
+
+# test/node_hooks/sitecustomize.py: loaded into a node process started with node_hold_env(), it
+# holds a reconstruction at a chosen stage until the node's cancel check stops it, so the cancel
+# tests (test_node.py, test_node_faults.py) don't race the node's 10 Hz cancel relay.
+NODE_HOOKS = Path(__file__).resolve().parent / "node_hooks"
+
+
+def node_hold_env(hold_file: Path) -> dict[str, str]:
+    """Environment to add to a node process's: its reconstructions hold at the stage written in
+    ``hold_file`` (missing or empty: no hold, so write it only around the goal to cancel).
+
+    Python imports the hook at start-up from PYTHONPATH (the caller's entries kept after it). The
+    variable name is the hook's HOLD_FILE_ENV, repeated: importing the hook here would run its
+    start-up code in the test process."""
+    pythonpath = [str(NODE_HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(pythonpath), "RVG_ROS_TEST_HOLD_FILE": str(hold_file)}
 
 
 @pytest.fixture(autouse=True, scope="session")

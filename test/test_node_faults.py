@@ -4,7 +4,6 @@ limit, concurrent clients, cancel in every stage (SIGKILL loops: test_node_kill_
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import node_hold_env
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -27,10 +27,7 @@ from rvg_ros.core.session import CaptureSession  # noqa: E402
 from rvg_ros.reliability.system import Rig, rig  # noqa: E402
 from rvg_ros.ros.demo import DemoClient  # noqa: E402
 
-# sitecustomize.py of this folder holds a reconstruction in the node process at the stage named
-# in the file HOLD_FILE_ENV points to (the same name is in the hook; it can't be imported here).
-NODE_HOOKS = Path(__file__).resolve().parent / "node_hooks"
-HOLD_FILE_ENV = "RVG_ROS_TEST_HOLD_FILE"
+# The node holds a reconstruction at the stage named in this file of its root (node_hold_env).
 HOLD_FILE = "hold_stage"
 
 
@@ -41,15 +38,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     # The node process also loads test/node_hooks/sitecustomize.py, which holds a
     # reconstruction at the stage named in root/hold_stage (no file: no hold) until cancelled;
     # see test_cancel_during_each_stage.
-    pythonpath = [str(NODE_HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]
     with rig(
         root,
         "resolution:=160",
         "device:=auto",
         node_env={
             FAILPOINTS: "backend.reconstruct=cuda_oom*1",
-            "PYTHONPATH": os.pathsep.join(pythonpath),
-            HOLD_FILE_ENV: str(root / HOLD_FILE),
+            **node_hold_env(root / HOLD_FILE),
         },
     ) as r:
         yield r

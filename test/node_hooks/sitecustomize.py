@@ -1,9 +1,10 @@
-"""Loaded into the node process of test_node_faults.py: holds a reconstruction at one stage
-until the node's own cancel check stops it.
+"""Loaded into the node process of test_node.py and test_node_faults.py: holds a reconstruction
+at one stage until the node's own cancel check stops it.
 
 Python imports ``sitecustomize`` at start-up from the first ``sys.path`` entry that has one;
-the test puts this folder on the node's ``PYTHONPATH`` (how coverage.py instruments
-subprocesses). It does nothing unless ``HOLD_FILE_ENV`` is set.
+the tests put this folder on the node's ``PYTHONPATH`` (how coverage.py instruments
+subprocesses; ``node_hold_env`` in test/conftest.py). It does nothing unless ``HOLD_FILE_ENV`` is
+set.
 
 Why a hold: unheld, the stages of a small fusion reconstruction take 30-200 ms, while a cancel
 sent on the feedback that announces a stage takes one or two 100 ms polls of the node's action
@@ -30,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-# The test sets this to a file holding the stage to hold (read at each reconstruction;
-# missing or empty = no hold), so the module's other tests run the node unheld.
+# The tests set this (conftest.node_hold_env) to a file holding the stage to hold (read at each
+# reconstruction; missing or empty = no hold), so their modules' other tests run the node unheld.
 HOLD_FILE_ENV = "RVG_ROS_TEST_HOLD_FILE"
 # Far above the cancel latency (under a second here, also with both cores loaded), far below the
 # test's wait for the result.
