@@ -26,6 +26,7 @@ import trimesh
 import rvg_ros.rvg.generate as generate
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_frames
 from rvg_ros.core.session import CaptureSession
+from rvg_ros.eval.visibility import gt_scene
 from rvg_ros.rvg.fine_decode import fine_field
 from rvg_ros.rvg.prior import completion_cube
 from rvg_ros.rvg.render import camera_rays, render_views
@@ -61,10 +62,8 @@ def reach(capture_dir: Path, size: int) -> dict[str, float]:
     c = sample.coords.cpu().numpy()
     active[c[:, 0], c[:, 1], c[:, 2]] = True
     gt = trimesh.load(capture_dir / "gt_mesh.ply", force="mesh")
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(cube.to_unit(np.asarray(gt.vertices)).astype(np.float32)),
-        o3d.core.Tensor(np.asarray(gt.faces).astype(np.uint32)),
+    scene = gt_scene(
+        trimesh.Trimesh(cube.to_unit(np.asarray(gt.vertices)), gt.faces, process=False)
     )
     inside, err_in, err_out = [], [], []
     for view, rendering in zip(views, renders, strict=True):

@@ -273,9 +273,12 @@ def photo_consistency(
             losses.append(zero)
             continue
         here = (view.mask > 0.5) & (rendering.silhouette.detach() > 0.5) & (rendering.depth > 0)
+        if not bool(here.any()):  # nothing of the object drawn here: nothing to compare
+            losses.append(zero)
+            continue
         pair_losses = []
         for j, (other_r, other) in enumerate(zip(renderings, views, strict=True)):
-            if j == i or other.colour is None or other.mask is None or not bool(here.any()):
+            if j == i or other.colour is None or other.mask is None:
                 continue
             # Colour, mask and rendered depth of the other view are warped in one sampling.
             stacked = torch.cat(

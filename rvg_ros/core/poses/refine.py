@@ -164,8 +164,10 @@ def consistent_graph(
     kept = [
         p for p in active if (p.target, p.source) in tree or _disagreement(p, chained, voxel) <= 1.0
     ]
-    from_tree = optimise_pose_graph(n, kept, initial, voxel, reference=reference)
     from_all = optimise_pose_graph(n, active, initial, voxel, reference=reference)
+    if len(kept) == len(active):  # every pair agrees with the tree: the same graph
+        return from_all
+    from_tree = optimise_pose_graph(n, kept, initial, voxel, reference=reference)
 
     def support(poses: dict[int, np.ndarray]) -> int:
         return sum(_disagreement(p, poses, voxel) <= 1.0 for p in active)
