@@ -61,7 +61,16 @@ class Rig:
             {**self.env, **self.node_env},
             self.root / f"node-{self.starts:03d}.log",
         )
+        deadline = time.monotonic() + timeout
         self.client.wait_ready(timeout=timeout)
+        # After a kill, discovery lists the dead node's servers until their lease runs out,
+        # so wait_ready can pass at once: wait for this process's own "ready" line too, or
+        # the first requests go to the dead node and are never answered.
+        log = self.root / f"node-{self.starts:03d}.log"
+        while b"]: ready: " not in log.read_bytes():
+            if self.node.poll() is not None or time.monotonic() > deadline:
+                raise DemoError(f"node not ready in {timeout:.0f} s; log:\n{self.log_tail()}")
+            time.sleep(0.1)
         return self.node
 
     def kill_node(self) -> None:
@@ -80,18 +89,43 @@ class Rig:
             "rvg_ros.sim.camera_node", args, self.env, self.root / "camera.log"
         )
 
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the newest node log, for an error message."""
+        path = self.root / f"node-{self.starts:03d}.log"
+        if not path.is_file():
+            return "(no node log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def node_gone(self) -> bool:
+        return self.node is None or self.node.poll() is not None
+
     def capture_until_accepted(self, note: str = "", timeout: float = 30.0) -> Any:
-        """Capture, retrying rejections (camera not there yet, blur); the last answer."""
+        """Capture, retrying rejections (camera not there yet, blur); the last answer.
+
+        Raises DemoError, with the node's log tail, when the node process has exited or no
+        request was answered by ``timeout``.
+        """
         deadline = time.monotonic() + timeout
+        unanswered = 0
         while True:
+            if self.node is not None and self.node.poll() is not None:
+                raise DemoError(
+                    f"node exited with {self.node.returncode}; its log ends:\n{self.log_tail()}"
+                )
             request = self.client.capture.srv_type.Request(note=note)
+            # Short per-call timeout: after a restart, discovery still lists the killed
+            # node's server for a while, and a request sent to it is never answered.
             try:
-                # Short per-call timeout: after a restart, discovery still lists the killed
-                # node's server for a while, and a request sent to it is never answered.
-                response = self.client.call(self.client.capture, request, timeout=5.0)
+                response = self.client.call(
+                    self.client.capture, request, timeout=5.0, give_up=self.node_gone
+                )
             except DemoError:
+                unanswered += 1
                 if time.monotonic() > deadline:
-                    raise
+                    raise DemoError(
+                        f"capture: {unanswered} requests unanswered in {timeout:.0f} s "
+                        f"(node process alive); its log ends:\n{self.log_tail()}"
+                    ) from None
                 continue
             if response.accepted or time.monotonic() > deadline:
                 return response
@@ -105,12 +139,17 @@ def rig(
     node_env: dict[str, str] | None = None,
     camera: tuple[str, ...] | None = ("orbit_speed_deg:=90.0",),
     domain_id: int | None = None,
+    shared_memory: bool = True,
 ) -> Iterator[Rig]:
-    """Node (+ camera) processes and a client in this process; everything stopped on exit."""
+    """Node (+ camera) processes and a client in this process; everything stopped on exit.
+    ``shared_memory=False``: the processes talk UDP over loopback only (for SIGKILL runs,
+    see config/fastdds_localhost_udp.xml). This process keeps the profile its first DDS
+    participant loaded (Fast DDS reads profiles once); peers without the shared-memory
+    transport make it talk UDP to them anyway."""
     import rclpy
 
     root.mkdir(parents=True, exist_ok=True)
-    env = isolated_ros_env(domain_id)
+    env = isolated_ros_env(domain_id, shared_memory=shared_memory)
     saved = dict(os.environ)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     if "FASTDDS_DEFAULT_PROFILES_FILE" in env:

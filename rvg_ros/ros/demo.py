@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,25 @@ class DemoClient:
         if not self.action.wait_for_server(timeout_sec=max(deadline - time.monotonic(), 0.1)):
             raise DemoError("reconstruct action server did not appear")
 
-    def call(self, client: Any, request: Any, timeout: float = 60.0) -> Any:
+    def call(
+        self,
+        client: Any,
+        request: Any,
+        timeout: float = 60.0,
+        give_up: Callable[[], bool] | None = None,
+    ) -> Any:
+        """The answer; DemoError after ``timeout`` or as soon as ``give_up()`` is true
+        (checked 4 times a second: e.g. the server's process has exited)."""
         future = client.call_async(request)
-        self._rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout)
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0 or (give_up is not None and give_up()):
+                break
+            slice_s = left if give_up is None else min(left, 0.25)
+            self._rclpy.spin_until_future_complete(self.node, future, timeout_sec=slice_s)
         if not future.done():
+            client.remove_pending_request(future)  # a late answer is dropped, not kept
             raise DemoError(f"{client.srv_name}: no answer in {timeout:.0f} s")
         return future.result()
 

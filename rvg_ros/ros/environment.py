@@ -23,16 +23,23 @@ def share_file(relative: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def isolated_ros_env(domain_id: int | None = None) -> dict[str, str]:
+def isolated_ros_env(domain_id: int | None = None, shared_memory: bool = True) -> dict[str, str]:
     """os.environ plus a private DDS domain that never leaves this machine.
 
     A random domain id keeps concurrent runs (tests, demos) from seeing each other; the
     Fast DDS profile repeats discovery announcements so peers find each other in < 1 s.
+    ``shared_memory=False``: UDP loopback only, for processes killed on purpose (see
+    config/fastdds_localhost_udp.xml).
     """
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(1, 200))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    profile = share_file("config/fastdds_localhost.xml")
+    name = "fastdds_localhost.xml" if shared_memory else "fastdds_localhost_udp.xml"
+    if not shared_memory:
+        # With LOCALHOST, rmw_fastrtps replaces the profile's transports by its own (shared
+        # memory included); the profile's allowlist keeps the traffic on loopback instead.
+        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
+    profile = share_file(f"config/{name}")
     if profile is not None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     env["PYTHONUNBUFFERED"] = "1"
