@@ -11,7 +11,12 @@ import torch
 
 from rvg_ros.core.backends.hull import carve
 from rvg_ros.core.target import make_capture_set
-from rvg_ros.rvg.decode import decode_surface, explain_silhouettes, measured_over
+from rvg_ros.rvg.decode import (
+    carve_seen_free,
+    decode_surface,
+    explain_silhouettes,
+    measured_over,
+)
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
 from rvg_ros.rvg.model import ModelConfig, RVGModel, WeightsError
 from rvg_ros.rvg.prior import (
@@ -286,6 +291,23 @@ def test_measured_surface_gets_a_thin_wall_then_the_generator_decides() -> None:
     assert np.all(solid[4:] <= 0)
     band = measured_over(tsdf, weight, empty, min_wall=1.0)  # the whole band (the old rule)
     assert band[4] == 0 and np.all(band[5:8] < 0) and np.all(band[8:] > 0)
+
+
+def test_seen_free_space_carves_but_leaves_the_measured_front_alone() -> None:
+    # The row of the test above, after measured_over: free in front of the surface (tsdf > 0),
+    # the band behind it, then the generated solid. Another view saw the whole row empty
+    # except the surface's own voxel (smoothed: 0.6 next to it).
+    tsdf = np.array([1.0, 0.75, 0.5, 0.25, 0.0, -0.25, -0.5, -0.75, -1.0, 1.0, 1.0])
+    weight = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=np.float32)
+    sdf = measured_over(tsdf, weight, np.full(11, -0.8), min_wall=1.0)
+    seen_free = np.array([1.0, 1.0, 1.0, 0.6, -1.0, 0.6, 1.0, 1.0, 1.0, 1.0, 1.0])
+    carved = carve_seen_free(sdf, tsdf, weight, seen_free)
+    # In front: the measured values, so the crossing between voxels 3 and 4 stays put (with
+    # the plain maximum voxel 3 would read 0.6 and the crossing would move 0.6 voxel inwards).
+    assert list(carved[:5]) == list(tsdf[:5])
+    # Behind the surface and where nothing was measured, what the other view saw wins.
+    assert list(carved[5:]) == list(seen_free[5:])
+    assert np.all(carve_seen_free(sdf, tsdf, weight, np.full(11, -1.0)) == sdf)
 
 
 def test_a_generated_shape_that_leaves_a_mask_empty_gets_the_hull_back(sphere_views) -> None:

@@ -149,6 +149,21 @@ def seen_free_field(
     return np.where(needed.reshape(shape), seen_free, -1.0)
 
 
+def carve_seen_free(
+    sdf: np.ndarray, tsdf: np.ndarray, weight: np.ndarray, seen_free: np.ndarray
+) -> np.ndarray:
+    """``sdf`` pushed outwards where the views saw free space (``seen_free_field``), except
+    in front of a measured surface.
+
+    There the field is the measurement and outside already; raising its values would not
+    change a sign, but it would move marching cubes' interpolated crossing off the measured
+    surface, towards the inside, where the smoothed free space reaches it (near silhouette
+    edges). YCB dev, 4 one-sided RGB-D views: seen accuracy 0.657 -> 0.644 mm, better on 16
+    of 18 objects; on the surface the input views see 0.503 -> 0.489 mm (fusion: 0.460)."""
+    in_front = (weight > 0) & (tsdf > 0)
+    return np.where(in_front, sdf, np.maximum(sdf, seen_free))
+
+
 def explain_silhouettes(
     solid: np.ndarray, hull: np.ndarray, points: np.ndarray, frames: list[Frame]
 ) -> np.ndarray:
@@ -221,7 +236,7 @@ def decode_surface(
         # measurements: the band behind one view's surface used to override what another
         # view saw empty (bowl walls a band thick, hammer 0.67 vs 1.02 mm seen accuracy).
         sdf = measured_over(tsdf, weight, sdf, min_wall)
-        sdf = np.maximum(sdf, seen_free_field(sdf, frames, points, voxel))
+        sdf = carve_seen_free(sdf, tsdf, weight, seen_free_field(sdf, frames, points, voxel))
         if support_plane is not None:
             # Intersect with the half-space above the support: a flat bottom where it rests.
             height = points @ support_plane[:3] + support_plane[3]
