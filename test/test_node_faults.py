@@ -160,8 +160,9 @@ def test_concurrent_clients_no_deadlock_no_lost_frames(node: Rig) -> None:
 
 # Every stage the node announces in the action feedback of a fusion RGB-D reconstruction, in
 # order ("retry on cpu" only comes after a GPU out-of-memory): "load" from the node, "poses"
-# from the pipeline, the rest from the backend ("done" is its last cancel checkpoint).
-STAGES = ("load", "poses", "integrate", "extract", "colour", "sample", "done")
+# from the pipeline, the backend's up to "done", then the node's "export" (before it writes the
+# result folder; its "publish" checkpoint follows the export, see the "export-end" case).
+STAGES = ("load", "poses", "integrate", "extract", "colour", "sample", "done", "export")
 
 
 @dataclass
@@ -221,6 +222,12 @@ def test_cancel_during_each_stage(node: Rig) -> None:
     <stage>". If the node does not announce the stage, does not accept the cancel, does not
     relay it to the worker, or does not turn it into CANCELED, the hold gives up after 30 s,
     the reconstruction succeeds and this fails.
+
+    The export holds differently: it waits for the node's cancel event without reporting a
+    stage, so "export" is announced only if the node reports it before writing. A cancel then
+    stops the goal before the folder is written; one that arrives while the folder is written
+    stops it at the node's "publish" checkpoint, with the complete folder kept (before these
+    checkpoints such cancels were ignored and the goal SUCCEEDED; checked on that code).
     """
     client = node.client
     while len(CaptureSession(node.root / "session").frames()) < 3:
@@ -228,9 +235,16 @@ def test_cancel_during_each_stage(node: Rig) -> None:
         time.sleep(0.4)
     hold_file = node.root / HOLD_FILE
     try:
-        for stage in STAGES:
-            hold_file.write_text(stage)
-            goal = _run_goal(client, stage.__eq__)
+        results = node.root / "session" / "reconstructions"
+        # (hold at, cancel when announced, stage the cancel lands in, result folders written)
+        cases = [(stage, stage, stage, 0) for stage in STAGES]
+        # A cancel that arrives while the export writes: the folder is complete and stays, and
+        # the node stops before publishing instead of reporting success.
+        cases.append(("export-end", "export", "publish", 1))
+        for hold_at, announced, stage, expect_written in cases:
+            hold_file.write_text(hold_at)
+            before = len(list(results.glob("[0-9]*")))
+            goal = _run_goal(client, announced.__eq__)
             print(stage, goal)
             assert goal.cancel is not None, (stage, "stage never announced", goal)
             # Accepted: the goal is listed as canceling (rclpy answers a rejected cancel with
@@ -239,6 +253,8 @@ def test_cancel_during_each_stage(node: Rig) -> None:
             assert len(goal.cancel.goals_canceling) == 1, (stage, goal.cancel)
             assert goal.status == GoalStatus.STATUS_CANCELED, (stage, goal)
             assert goal.message == f"cancelled during {stage}", (stage, goal)
+            written = len(list(results.glob("[0-9]*"))) - before
+            assert written == expect_written, (hold_at, written)
     finally:
         hold_file.unlink(missing_ok=True)
     # Unheld, a cancel on the first stage announced may land in any stage or too late (after

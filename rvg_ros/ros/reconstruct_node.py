@@ -684,9 +684,20 @@ class ReconstructNode(Node):
             if "device_fallback" in result.extras:
                 self.get_logger().warning(f"GPU: {result.extras['device_fallback']}")
             out_root = Path(self.p("output_dir") or session.root / "reconstructions").expanduser()
+            # Export and publish take seconds (files, preview render, message conversion):
+            # cancel checkpoints before each, so a cancel is not ignored until the goal
+            # succeeds. One that arrives during the export stops the publishing; the folder
+            # written stays (complete, see below) and the log names it.
+            progress("export", 1.0)
             # Written into a hidden folder and renamed: a kill mid-export leaves no partial
             # result, and numbering continues after a restart instead of overwriting.
-            export_reconstruction_atomic(result, capture.frames, next_result_dir(out_root))
+            folder = next_result_dir(out_root)
+            export_reconstruction_atomic(result, capture.frames, folder)
+            try:
+                progress("publish", 1.0)
+            except Cancelled:
+                self.get_logger().info(f"cancelled after the export; the result stays in {folder}")
+                raise
             self._publish(result, capture.frames)
             self.get_logger().info(
                 f"reconstructed with {result.backend}: {result.num_views} views, "

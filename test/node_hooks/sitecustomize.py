@@ -13,6 +13,10 @@ reach the worker, and is only seen at the next progress checkpoint. Whether a st
 at all, and whether its cancel lands before the last checkpoint, was a race with the machine's
 load.
 
+The export (``export_reconstruction_atomic``, after the pipeline) is held by waiting for the
+node's cancel event instead, without reporting a stage: hold file "export" before the files are
+written, "export-end" after.
+
 What it changes: nothing in the node's code paths. At the stage named in the hold file, it calls
 the node's real progress callback again and again (each call reports the stage, which the
 feedback then announces, and raises ``Cancelled`` once the node has relayed the client's
@@ -41,11 +45,20 @@ POLL_S = 0.02
 
 
 def _install(hold_file: Path) -> None:
-    from rvg_ros.core import pipeline
+    from rvg_ros.core import export, pipeline
     from rvg_ros.core.backends import ProgressFn, no_progress
     from rvg_ros.core.types import CaptureSet, Frame, Reconstruction
 
     original = pipeline.reconstruct_frames
+    original_export = export.export_reconstruction_atomic
+    # The node's progress callback of the reconstruction running now: the export hold calls it.
+    node_progress: list[ProgressFn] = [no_progress]
+
+    def held_stage() -> str:
+        try:
+            return hold_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     def hold(progress: ProgressFn, stage: str, fraction: float) -> None:
         print(f"[test hold] at {stage!r} until cancelled", file=sys.stderr, flush=True)
@@ -61,10 +74,8 @@ def _install(hold_file: Path) -> None:
         settings: pipeline.ReconstructSettings,
         progress: ProgressFn = no_progress,
     ) -> tuple[Reconstruction, CaptureSet]:
-        try:
-            stage = hold_file.read_text().strip()
-        except FileNotFoundError:
-            stage = ""
+        node_progress[0] = progress
+        stage = held_stage()
         if not stage:
             return original(frames, settings, progress)
         held = False
@@ -82,8 +93,35 @@ def _install(hold_file: Path) -> None:
 
         return original(frames, settings, held_progress)
 
-    # Before the node module runs: it imports the name from the pipeline module.
+    def wait_for_cancel(progress: ProgressFn) -> None:
+        """Block until the node's worker sees the cancel, without reporting a stage (the
+        node's own report must have announced it). The event is the node's, read from the
+        closure of its progress callback."""
+        names = progress.__code__.co_freevars if hasattr(progress, "__code__") else ()
+        if "cancel" not in names:
+            return
+        event = progress.__closure__[names.index("cancel")].cell_contents
+        print("[test hold] in the export until cancelled", file=sys.stderr, flush=True)
+        if not event.wait(HOLD_LIMIT_S):
+            print(f"[test hold] no cancel in the export in {HOLD_LIMIT_S:.0f} s", file=sys.stderr)
+
+    @functools.wraps(original_export)
+    def export_reconstruction_atomic(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        # "export": hold before the files are written; "export-end": after (a slow export's
+        # end). Either way only once the node itself has announced "export": nothing here
+        # reports a stage before the cancel has arrived.
+        stage = held_stage()
+        if stage == "export":
+            wait_for_cancel(node_progress[0])
+            node_progress[0]("export", 1.0)  # the node's checkpoint: raises Cancelled
+        files = original_export(*args, **kwargs)
+        if stage == "export-end":
+            wait_for_cancel(node_progress[0])
+        return files
+
+    # Before the node module runs: it imports the names from these modules.
     pipeline.reconstruct_frames = reconstruct_frames
+    export.export_reconstruction_atomic = export_reconstruction_atomic
 
 
 def _chain() -> None:
