@@ -142,10 +142,11 @@ def rig(
     shared_memory: bool = True,
 ) -> Iterator[Rig]:
     """Node (+ camera) processes and a client in this process; everything stopped on exit.
-    ``shared_memory=False``: the processes talk UDP over loopback only (for SIGKILL runs,
-    see config/fastdds_localhost_udp.xml). This process keeps the profile its first DDS
-    participant loaded (Fast DDS reads profiles once); peers without the shared-memory
-    transport make it talk UDP to them anyway."""
+    ``shared_memory=False``: every process talks UDP over loopback only (for SIGKILL runs,
+    see config/fastdds_localhost_udp.xml). Use it in a process that has not created a DDS
+    participant yet, as the kill loop's command does: Fast DDS reads the profile file once
+    per process, and a client left on the default profile would, with this range, use every
+    network interface."""
     import rclpy
 
     root.mkdir(parents=True, exist_ok=True)

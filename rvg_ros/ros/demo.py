@@ -114,15 +114,18 @@ class DemoClient:
         (checked 4 times a second: e.g. the server's process has exited)."""
         future = client.call_async(request)
         deadline = time.monotonic() + timeout
+        gave_up = False
         while not future.done():
             left = deadline - time.monotonic()
-            if left <= 0 or (give_up is not None and give_up()):
+            gave_up = give_up is not None and give_up()
+            if left <= 0 or gave_up:
                 break
             slice_s = left if give_up is None else min(left, 0.25)
             self._rclpy.spin_until_future_complete(self.node, future, timeout_sec=slice_s)
         if not future.done():
             client.remove_pending_request(future)  # a late answer is dropped, not kept
-            raise DemoError(f"{client.srv_name}: no answer in {timeout:.0f} s")
+            why = "given up (server gone)" if gave_up else f"no answer in {timeout:.0f} s"
+            raise DemoError(f"{client.srv_name}: {why}")
         return future.result()
 
     def capture_frame(self, note: str = "") -> Any:
