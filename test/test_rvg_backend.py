@@ -196,6 +196,7 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert len(report) == 1 and report[0]["t"] == 0.5
     assert len(report[0]["before"]) == len(frames) == len(report[0]["after"])
     assert result.extras["rvc_photometric"] == 1.0 and result.extras["rvc_crop"] == 0.15
+    assert result.extras["rvc_view_size"] == 80 and result.extras["rvc_depth_view_size"] == 64
     # fine: false ignores the weights; auto uses them; the default (no_depth) only without depth.
     off, _ = reconstruct_frames(frames, settings({"fine": False}))
     assert off.extras["fine"] == "off"

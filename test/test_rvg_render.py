@@ -450,6 +450,26 @@ def test_cropped_view_renders_the_same_object_at_more_pixels():
     assert small.mask.mean() > 3 * view_from_frame(frame, CUBE, size=64).mask.mean()
 
 
+def test_rvc_targets_render_views_with_depth_smaller():
+    """rvc_targets: views without depth at rvc_view_size, views with depth at
+    rvc_depth_view_size (their surface is the measured TSDF at decode), both cut to the mask."""
+    from dataclasses import replace
+
+    from rvg_ros.rvg.generate import FineConfig, rvc_targets
+
+    mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.2)
+    k = Intrinsics(fx=800.0, fy=800.0, cx=110.5, cy=80.5, width=256, height=192)
+    c2w = look_at(CUBE.center + EYES[0] * 1.6, CUBE.center)
+    ref = MeshRenderer(metric_mesh(mesh), ambient=1.0).render(k, c2w)
+    rgbd = Frame(rgb=ref.rgb, intrinsics=k, camera_to_world=c2w, depth=ref.depth, mask=ref.mask)
+    rgb = replace(rgbd, depth=None)
+    config = FineConfig(rvc=True, rvc_view_size=80, rvc_depth_view_size=48)
+    _, (with_depth, without) = rvc_targets(config, CUBE, [rgbd, rgb], "cpu")
+    assert max(with_depth.camera.width, with_depth.camera.height) == 48
+    assert max(without.camera.width, without.camera.height) == 80
+    assert with_depth.depth is not None and without.depth is None
+
+
 def test_rvc_with_the_photometric_term_alone_pulls_a_grown_box_back():
     """A "model" that believes the box is 0.03 cube units larger than the textured views show,
     sampled with RVC whose only term is the photometric one (no silhouette, depth or colour of

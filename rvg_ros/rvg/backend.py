@@ -99,8 +99,8 @@ class RVGSettings:
     # does not (0.956 vs 0.964): there the measured surface already decides most of the shape.
     fine: bool | str = "no_depth"
     # Its sampling and rendering-aware velocity compensation (options fine_steps,
-    # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size, rvc_crop, rvc_colour,
-    # rvc_photometric).
+    # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size, rvc_depth_view_size,
+    # rvc_crop, rvc_colour, rvc_photometric).
     fine_sampling: FineConfig = field(default_factory=FineConfig)
     # Gaussian smoothing of the fine SDF (fine voxels) before decode; 0 = none.
     fine_smoothing: float = 0.0
@@ -149,6 +149,9 @@ class RVGBackend:
                 rvc_strength=float(extra.get("rvc_strength", FineConfig.rvc_strength)),
                 rvc_t_start=float(extra.get("rvc_t_start", FineConfig.rvc_t_start)),
                 rvc_view_size=int(extra.get("rvc_view_size", FineConfig.rvc_view_size)),
+                rvc_depth_view_size=int(
+                    extra.get("rvc_depth_view_size", FineConfig.rvc_depth_view_size)
+                ),
                 rvc_colour=float(extra.get("rvc_colour", FineConfig.rvc_colour)),
                 rvc_crop=float(extra.get("rvc_crop", FineConfig.rvc_crop)),
                 rvc_photometric=float(extra.get("rvc_photometric", FineConfig.rvc_photometric)),
@@ -341,6 +344,7 @@ class RVGBackend:
             report["rvc_strength"] = f.rvc_strength
             report["rvc_t_start"] = f.rvc_t_start
             report["rvc_view_size"] = f.rvc_view_size
+            report["rvc_depth_view_size"] = f.rvc_depth_view_size
             report["rvc_crop"] = f.rvc_crop
             report["rvc_colour"] = f.rvc_colour
             report["rvc_photometric"] = f.rvc_photometric
