@@ -160,7 +160,10 @@ def test_action_reports_feedback_and_busy_and_cancel(system: dict) -> None:
     assert result.success, result.message
     assert status == 4  # GoalStatus.STATUS_SUCCEEDED
     names = [s for s, _ in stages if isinstance(s, str)]
-    assert "integrate" in names and names[-1] == "done"
+    # The worker's last stages are the backend's "done", then the node's "export" and
+    # "publish"; the action's closing "done" feedback can arrive after the result (a topic
+    # message against a service answer), so the last one seen is any of these.
+    assert "integrate" in names and names[-1] in ("done", "export", "publish"), names
     progress = [p for s, p in stages if s not in ("busy-check",)]
     assert progress == sorted(progress) and progress[-1] == 1.0
     busy_future = next(p for s, p in stages if s == "busy-check")
