@@ -202,3 +202,18 @@ def test_sigkill_during_writes_never_corrupts_the_session(tmp_path: Path) -> Non
         for i, frame in enumerate(frames):
             assert frame.rgb[0, 0, 0] == i % 256
     assert kills == 6 and acknowledged >= 5
+
+
+def test_kill_loop_check_reports_missing_and_replaced_frames(tmp_path: Path, sphere_views) -> None:
+    """The kill loop's check (rvg_ros.reliability.kill_loop): acknowledged frames that are not
+    on disk, or whose index holds another frame, are each reported; a clean session none."""
+    from rvg_ros.reliability.kill_loop import check_session
+
+    session = CaptureSession(tmp_path / "s")
+    for i, f in enumerate(_frames(sphere_views)[:3]):
+        f.note = f"n{i}"
+        session.append(f)
+    assert check_session(tmp_path / "s", {0: "n0", 2: "n2"}) == (3, [])
+    on_disk, lost = check_session(tmp_path / "s", {0: "n0", 1: "other", 3: "n3", 4: "n4"})
+    assert on_disk == 3 and len(lost) == 3
+    assert "frame 1 has note 'n1'" in lost[0] and "frame 3 missing" in lost[1]

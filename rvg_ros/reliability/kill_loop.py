@@ -43,16 +43,18 @@ def check_results(out_root: Path) -> tuple[int, int]:
     return complete, partial
 
 
-def check_session(session_dir: Path, acknowledged: dict[int, str]) -> int:
-    """Every acknowledged frame present, readable, with its note; returns frames on disk."""
+def check_session(session_dir: Path, acknowledged: dict[int, str]) -> tuple[int, list[str]]:
+    """Frames on disk, and what is wrong with the acknowledged ones: missing, or another
+    frame (note) at their index. Raises on anything half-written or unreadable."""
     session = CaptureSession(session_dir, create=False)
-    frames = session.frames()  # raises on anything half-written or unreadable
-    for index, note in acknowledged.items():
+    frames = session.frames()
+    lost = []
+    for index, note in sorted(acknowledged.items()):
         if index >= len(frames):
-            raise KillLoopFailure(f"acknowledged frame {index} lost ({len(frames)} on disk)")
-        if frames[index].note != note:
-            raise KillLoopFailure(f"frame {index} has note {frames[index].note!r}, not {note!r}")
-    return len(frames)
+            lost.append(f"acknowledged frame {index} missing ({len(frames)} on disk)")
+        elif frames[index].note != note:
+            lost.append(f"frame {index} has note {frames[index].note!r}, not {note!r}")
+    return len(frames), lost
 
 
 def _call(r: Rig, client: Any, request: Any, timeout: float) -> Any | None:
@@ -128,7 +130,10 @@ def run_kill_loop(
             r.kill_node()
             stats["kills"] += 1
             # What a restart will find: checked before the node touches anything.
-            stats["frames_on_disk"] = check_session(session_dir, acknowledged)
+            stats["frames_on_disk"], lost = check_session(session_dir, acknowledged)
+            stats["lost"] = len(lost)
+            if lost:
+                raise KillLoopFailure(f"after kill {k + 1}: " + "; ".join(lost[:5]))
             done, partial = check_results(session_dir / "reconstructions")
             stats["results_complete"], stats["partial_results_hidden"] = done, partial
             log(
