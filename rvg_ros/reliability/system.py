@@ -59,15 +59,14 @@ class Rig:
             "rvg_ros.ros.reconstruct_node",
             node_args(self.root, *self.node_params),
             {**self.env, **self.node_env},
-            self.root / f"node-{self.starts:03d}.log",
+            self.node_log,
         )
         deadline = time.monotonic() + timeout
         self.client.wait_ready(timeout=timeout)
         # After a kill, discovery lists the dead node's servers until their lease runs out,
         # so wait_ready can pass at once: wait for this process's own "ready" line too, or
         # the first requests go to the dead node and are never answered.
-        log = self.root / f"node-{self.starts:03d}.log"
-        while b"]: ready: " not in log.read_bytes():
+        while b"]: ready: " not in self.node_log.read_bytes():
             if self.node.poll() is not None or time.monotonic() > deadline:
                 raise DemoError(f"node not ready in {timeout:.0f} s; log:\n{self.log_tail()}")
             time.sleep(0.1)
@@ -89,12 +88,16 @@ class Rig:
             "rvg_ros.sim.camera_node", args, self.env, self.root / "camera.log"
         )
 
+    @property
+    def node_log(self) -> Path:
+        """The log of the newest node process (one per start)."""
+        return self.root / f"node-{self.starts:03d}.log"
+
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the newest node log, for an error message."""
-        path = self.root / f"node-{self.starts:03d}.log"
-        if not path.is_file():
+        if not self.node_log.is_file():
             return "(no node log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.node_log.read_text(errors="replace").splitlines()[-lines:])
 
     def node_gone(self) -> bool:
         return self.node is None or self.node.poll() is not None
@@ -108,7 +111,7 @@ class Rig:
         deadline = time.monotonic() + timeout
         unanswered = 0
         while True:
-            if self.node is not None and self.node.poll() is not None:
+            if self.node is not None and self.node_gone():
                 raise DemoError(
                     f"node exited with {self.node.returncode}; its log ends:\n{self.log_tail()}"
                 )

@@ -34,12 +34,13 @@ def isolated_ros_env(domain_id: int | None = None, shared_memory: bool = True) -
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(1, 200))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    name = "fastdds_localhost.xml" if shared_memory else "fastdds_localhost_udp.xml"
-    if not shared_memory:
+    if shared_memory:
+        profile = share_file("config/fastdds_localhost.xml")
+    else:
         # With LOCALHOST, rmw_fastrtps replaces the profile's transports by its own (shared
         # memory included); the profile's allowlist keeps the traffic on loopback instead.
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
-    profile = share_file(f"config/{name}")
+        profile = share_file("config/fastdds_localhost_udp.xml")
     if profile is not None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
     env["PYTHONUNBUFFERED"] = "1"

@@ -12,7 +12,7 @@ measurements + the generated shape), colour (+ confidence), sample (point cloud)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -125,6 +125,18 @@ def fine_mode(value: object) -> bool | str:
     raise ValueError(f"rvg option fine must be one of true, false, auto, no_depth; got {value!r}")
 
 
+def fine_config(extra: dict[str, object]) -> FineConfig:
+    """The fine stage's settings from backend options: each FineConfig field under its own
+    name (the rvc_* ones), steps and cfg_scale as fine_steps and fine_cfg_scale; values
+    converted to the field default's type."""
+    values = {}
+    for f in fields(FineConfig):
+        option = f.name if f.name.startswith("rvc") else f"fine_{f.name}"
+        if option in extra:
+            values[f.name] = type(f.default)(extra[option])
+    return FineConfig(**values)
+
+
 class RVGBackend:
     name = "rvg"
 
@@ -142,20 +154,7 @@ class RVGBackend:
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
-            fine_sampling=FineConfig(
-                steps=int(extra.get("fine_steps", FineConfig.steps)),
-                cfg_scale=float(extra.get("fine_cfg_scale", FineConfig.cfg_scale)),
-                rvc=bool(extra.get("rvc", FineConfig.rvc)),
-                rvc_strength=float(extra.get("rvc_strength", FineConfig.rvc_strength)),
-                rvc_t_start=float(extra.get("rvc_t_start", FineConfig.rvc_t_start)),
-                rvc_view_size=int(extra.get("rvc_view_size", FineConfig.rvc_view_size)),
-                rvc_depth_view_size=int(
-                    extra.get("rvc_depth_view_size", FineConfig.rvc_depth_view_size)
-                ),
-                rvc_colour=float(extra.get("rvc_colour", FineConfig.rvc_colour)),
-                rvc_crop=float(extra.get("rvc_crop", FineConfig.rvc_crop)),
-                rvc_photometric=float(extra.get("rvc_photometric", FineConfig.rvc_photometric)),
-            ),
+            fine_sampling=fine_config(extra),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
         )
@@ -341,13 +340,7 @@ class RVGBackend:
             "rvc": f.rvc,
         }
         if f.rvc:
-            report["rvc_strength"] = f.rvc_strength
-            report["rvc_t_start"] = f.rvc_t_start
-            report["rvc_view_size"] = f.rvc_view_size
-            report["rvc_depth_view_size"] = f.rvc_depth_view_size
-            report["rvc_crop"] = f.rvc_crop
-            report["rvc_colour"] = f.rvc_colour
-            report["rvc_photometric"] = f.rvc_photometric
+            report.update({k: v for k, v in asdict(f).items() if k.startswith("rvc_")})
             # Scalars only in result.json: the per-step, per-view losses as one JSON string.
             report["rvc_view_losses"] = json.dumps(
                 [
