@@ -136,11 +136,17 @@ def generate(
     return written
 
 
-def generate_parallel(root: Path, split: str, count: int, workers: int, config: DataConfig) -> int:
-    """``generate`` in ``workers`` processes (each takes every workers-th seed)."""
+def generate_parallel(
+    root: Path, split: str, count: int, workers: int, config: DataConfig, skip: int = 0
+) -> int:
+    """``generate`` in ``workers`` processes (each takes every workers-th seed).
+
+    ``skip`` starts at the split's skip-th seed: fresh objects for training on from weights
+    that saw the first ones.
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    first = TRAIN_SEED_OFFSET if split == "train" else VAL_SEED_OFFSET
+    first = (TRAIN_SEED_OFFSET if split == "train" else VAL_SEED_OFFSET) + skip
     if workers <= 1:
         return generate(root, first, count, config)
     with ProcessPoolExecutor(workers) as pool:

@@ -44,6 +44,9 @@ class TrainConfig:
     validate_every: int = 500
     val_samples: int = 24
     threads: int = 2
+    # Weights to start from (model and EMA) instead of a random init, e.g. the shipped ones
+    # to train further; ignored when the run resumes from its own checkpoint.
+    init: str = ""
 
 
 # --------------------------------------------------------------------------- data
@@ -286,6 +289,11 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = RVGModel(model_config)
+    if config.init:
+        start = RVGModel.load(Path(config.init))
+        if start.config != model_config:
+            raise ValueError(f"--init {config.init}: its model config differs from this run's")
+        model = start
     ema = RVGModel(model_config)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
@@ -311,8 +319,10 @@ def train(
         bar = tqdm(total=config.steps, initial=step, unit="step")
     running, t0 = [], time.monotonic()
     while step < config.steps:
-        if step % 500 == 0:
-            train_files = list_samples(Path(data) / "train")  # data may still be growing
+        if step % 50 == 0:
+            # Data may still be growing; a fine-tune must not spend hundreds of steps on the
+            # first few files.
+            train_files = list_samples(Path(data) / "train")
         rng = np.random.default_rng([config.seed, step])
         batch = collate(
             [
@@ -384,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--train", type=int, default=8000, help="training samples")
     data.add_argument("--val", type=int, default=120, help="validation samples")
     data.add_argument("--workers", type=int, default=2)
+    data.add_argument(
+        "--skip-train", type=int, default=0, help="start the training seeds this many in"
+    )
     export = sub.add_parser("export", help="write shippable weights from a checkpoint")
     export.add_argument("--checkpoint", default="runs/rvg_ss/checkpoint.safetensors")
     export.add_argument("--which", choices=("model", "ema"), default="ema")
@@ -400,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         config = DataConfig()
         n_val = generate_parallel(Path(args.out) / "val", "val", args.val, args.workers, config)
         n_train = generate_parallel(
-            Path(args.out) / "train", "train", args.train, args.workers, config
+            Path(args.out) / "train", "train", args.train, args.workers, config, args.skip_train
         )
         print(f"wrote {n_val} validation and {n_train} training samples to {args.out}")
         return 0
