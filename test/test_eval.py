@@ -254,7 +254,7 @@ def test_recorded_command_reproduces_the_configuration() -> None:
     parser = build_parser()
     argv = ["eval", "--dataset", "ycb", "--views", "6", "--sampler", "random", "--out", "r/x"]
     argv += ["--modality", "rgb", "--depth-noise", "--pose-noise-deg", "1", "--limit", "3"]
-    argv += ["--pose-oracle", "object"]
+    argv += ["--pose-oracle", "object", "--occupancy-oracle"]
     config = config_from_args(parser.parse_args(argv))
     again = config_from_args(parser.parse_args(config.command().split()[1:]))
     assert again == config

@@ -265,3 +265,37 @@ def test_fine_mode_accepts_its_documented_spellings_only() -> None:
     for bad in ("sometimes", 1, 0, None, "yes"):
         with pytest.raises(ValueError, match="fine must be one of"):
             fine_mode(bad)
+
+
+def test_occupancy_oracle_replaces_the_sample_with_the_true_shape(
+    tmp_path: Path, one_sided_can
+) -> None:
+    from rvg_ros.core.types import ReconstructionError
+
+    frames, obj = one_sided_can
+    mesh_path = tmp_path / "can.ply"
+    obj.mesh.export(mesh_path)
+    options = {"steps": 10, "symmetry": False}
+    settings = ReconstructSettings(
+        backend="rvg", resolution=64, cloud_points=2000, backend_options=options
+    )
+    sampled, _ = reconstruct_frames(frames, settings)
+    oracle_settings = replace(
+        settings, backend_options={**options, "occupancy_oracle": str(mesh_path)}
+    )
+    oracle, _ = reconstruct_frames(frames, oracle_settings)
+    assert oracle.extras["occupancy_oracle"] == str(mesh_path)
+    assert "occupancy_oracle" not in sampled.extras
+
+    def chamfer(result) -> float:
+        mesh = (result.mesh.vertices, result.mesh.triangles)
+        return unit_cube_metrics(mesh, obj.mesh, n_points=20_000).chamfer_l2
+
+    # Without symmetric views the generator must invent the can's back; the true occupancy
+    # knows it (both through the same prior and decode).
+    assert chamfer(oracle) < 0.5 * chamfer(sampled)  # measured: 0.00035 vs 0.0029
+    bad = replace(
+        settings, backend_options={**options, "occupancy_oracle": str(tmp_path / "x.ply")}
+    )
+    with pytest.raises(ReconstructionError, match="occupancy oracle: cannot read"):
+        reconstruct_frames(frames, bad)

@@ -82,6 +82,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights-dir", default=None, help="rvg weights folder (default: shipped with the package)"
     )
     parser.add_argument(
+        "--occupancy-oracle",
+        action="store_true",
+        help="rvg backends: the coarse occupancy is the object's TRUE one instead of a sample "
+        "-- what a perfect coarse generator would give after the same prior and decode "
+        "(a diagnostic that tells the generator's errors from the decode's)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
     )
     parser.add_argument(

@@ -28,16 +28,16 @@ from pathlib import Path
 
 import open3d as o3d
 
-from rvg_ros.core.backends import BACKENDS, is_known_backend
+from rvg_ros.core.backends import BACKENDS, is_known_backend, parse_backend_spec
 from rvg_ros.core.pipeline import ReconstructSettings, reconstruct_folder
 from rvg_ros.core.poses import PoseSettings
 from rvg_ros.core.types import ReconstructionError
-from rvg_ros.eval.datasets import EvalObject, load_dataset
+from rvg_ros.eval.datasets import load_dataset
 from rvg_ros.eval.grid import GridRow, render_thumbnail, save_grid
 from rvg_ros.eval.options import DEFAULT_BACKENDS
 from rvg_ros.eval.poses import first_camera_score, pose_scores
 from rvg_ros.eval.report import bar_charts, read_csv, summary_markdown, write_csv
-from rvg_ros.eval.scenes import ViewSpec, render_object
+from rvg_ros.eval.scenes import RenderedCapture, ViewSpec, render_object
 from rvg_ros.eval.score import GroundTruth, score_reconstruction
 
 Log = Callable[[str], None]
@@ -64,6 +64,7 @@ class EvalConfig:
     overwrite: bool = False
     refine_poses: str = "off"
     weights_dir: str | None = None  # rvg's weights (default: shipped)
+    occupancy_oracle: bool = False  # rvg: the true coarse occupancy (rvg/oracle.py)
 
     def validate(self) -> None:
         self.views.validate()
@@ -114,6 +115,8 @@ class EvalConfig:
             args.append("--depth-noise")
         if self.weights_dir:
             args += ["--weights-dir", self.weights_dir]
+        if self.occupancy_oracle:
+            args.append("--occupancy-oracle")
         return shlex.join(args)
 
 
@@ -137,11 +140,12 @@ def _prepare_out(config: EvalConfig) -> None:
 
 
 def _reconstruct(
-    obj: EvalObject, backend: str, folder: Path, out: Path, config: EvalConfig
+    capture: RenderedCapture, backend: str, out: Path, config: EvalConfig
 ) -> tuple[object, dict[str, object]]:
     """Run one backend through the user's path; returns (result or None, status fields)."""
     # Open3D's RANSAC (support-plane search) draws from a global generator.
     o3d.utility.random.seed(config.seed)
+    oracle = config.occupancy_oracle and parse_backend_spec(backend)[0] == "rvg"
     settings = ReconstructSettings(
         backend=backend,
         device=config.device,
@@ -149,10 +153,11 @@ def _reconstruct(
         resolution=config.resolution,
         poses=PoseSettings(refine=config.refine_poses),
         weights_dir=config.weights_dir,
+        backend_options={"occupancy_oracle": str(capture.gt_path)} if oracle else {},
     )
     start = time.perf_counter()
     try:
-        result = reconstruct_folder(folder, out, settings)
+        result = reconstruct_folder(capture.folder, out, settings)
     except ReconstructionError as exc:
         return None, {"status": "error", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken backend must not end the whole run
@@ -192,7 +197,7 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
             grid_rows.append(grid_row)
         for backend in config.backends:
             out = config.out / "recon" / obj.name / backend
-            result, status = _reconstruct(obj, backend, capture.folder, out, config)
+            result, status = _reconstruct(capture, backend, out, config)
             row: dict[str, object] = {
                 "object": obj.name,
                 "source": obj.source,
@@ -267,6 +272,7 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         out=config.out,
         refine_poses=stored.get("refine_poses", "off"),
         weights_dir=stored.get("weights_dir"),
+        occupancy_oracle=stored.get("occupancy_oracle", False),
         objects=tuple(stored["objects"]) if stored.get("objects") else None,
     )
     return write_report(original, rows, elapsed)
@@ -285,6 +291,8 @@ def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
         noise += f", oracle poses (true relative poses anchored on the TF, {v.pose_oracle})"
     if config.refine_poses != "off":
         noise += f", pose refinement {config.refine_poses}"
+    if config.occupancy_oracle:
+        noise += ", rvg's coarse occupancy replaced by the true one (occupancy oracle)"
     return (
         f"{count} objects ({config.dataset} {config.split}), {v.views} {v.sampler} views "
         f"at {v.image_size} px, modality `{v.modality}`{noise}, {config.resolution}³ voxels, "
@@ -325,6 +333,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         overwrite=args.overwrite,
         refine_poses=args.refine_poses,
         weights_dir=getattr(args, "weights_dir", None),
+        occupancy_oracle=getattr(args, "occupancy_oracle", False),
     )
 
 

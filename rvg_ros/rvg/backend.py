@@ -45,6 +45,7 @@ from rvg_ros.rvg.generate import (
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
+from rvg_ros.rvg.oracle import oracle_coarse
 from rvg_ros.rvg.prior import (
     UNKNOWN,
     completion_cube,
@@ -108,6 +109,9 @@ class RVGSettings:
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
     confidence_samples: int = 1
+    # Evaluation diagnostic (``rvg-ros eval --occupancy-oracle``): a closed mesh of the object
+    # in the capture's frame whose true occupancy replaces the sampled one (rvg/oracle.py).
+    occupancy_oracle: str = ""
 
 
 FINE_MODES = (True, False, "auto", "no_depth")
@@ -157,6 +161,7 @@ class RVGBackend:
             fine_sampling=fine_config(extra),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
+            occupancy_oracle=str(extra.get("occupancy_oracle", "")),
         )
 
     def reconstruct(
@@ -188,16 +193,20 @@ class RVGBackend:
         with timer.stage("condition"):
             onehot, condition = coarse_condition(model, prior, coarse, device)
         with timer.stage("sampling") as sub:
-            occupancy = sample_coarse(
-                model,
-                prior,
-                onehot,
-                condition,
-                coarse,
-                seed,
-                device,
-                on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
-            )
+            if s.occupancy_oracle:
+                res = model.config.resolution
+                occupancy = oracle_coarse(s.occupancy_oracle, prior, res, coarse)
+            else:
+                occupancy = sample_coarse(
+                    model,
+                    prior,
+                    onehot,
+                    condition,
+                    coarse,
+                    seed,
+                    device,
+                    on_step=lambda k, n: sub(k / n, f"sampling {k}/{n}"),
+                )
         fine: FineSample | None = None
         fine_sdf: np.ndarray | None = None
         second_sdf: np.ndarray | None = None
@@ -283,6 +292,7 @@ class RVGBackend:
                 "device": device,
                 "cube_side": prior.cube.side,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
+                **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
                 "symmetric_views": len(virtual),
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -46,9 +47,13 @@ class DataConfig:
     supersample: int = 2  # occupancy target: fraction of 2^3 sub-samples inside
 
 
-def occupancy_grid(
-    obj: SimObject, cube: TargetCube, resolution: int, supersample: int
-) -> np.ndarray:
+class Solid(Protocol):
+    """What ``occupancy_grid`` needs of an object: a SimObject, or a mesh (rvg/oracle.py)."""
+
+    def occupancy(self, points: np.ndarray) -> np.ndarray: ...
+
+
+def occupancy_grid(obj: Solid, cube: TargetCube, resolution: int, supersample: int) -> np.ndarray:
     """Fraction of each voxel inside the object, (res, res, res) float32 in [0, 1]."""
     fine = resolution * supersample
     inside = obj.occupancy(voxel_centres(cube, fine)).reshape((fine,) * 3)

@@ -193,9 +193,17 @@ def sample_coarse(
         x_start=torch.where(ev == FREE, -1.0, 1.0)[:, None].float(),
         t_start=config.start_time,
     )
-    occupancy = ((x0[:, 0] + 1) / 2).clamp(0, 1)
+    return finish_occupancy(((x0[:, 0] + 1) / 2).clamp(0, 1), prior, config)
+
+
+def finish_occupancy(
+    occupancy: torch.Tensor, prior: PriorInputs, config: CoarseConfig
+) -> np.ndarray:
+    """(1, R, R, R) occupancy probability -> (R, R, R) float32 numpy, with the evidence
+    enforced and the prior's hidden inside filled (what decode gets from the coarse stage)."""
+    device = occupancy.device
     if config.enforce_evidence:
-        occupancy = enforce_evidence(occupancy, ev)
+        occupancy = enforce_evidence(occupancy, torch.from_numpy(prior.evidence)[None].to(device))
     if prior.inside is not None:
         occupancy = torch.where(torch.from_numpy(prior.inside)[None].to(device), 1.0, occupancy)
     return occupancy[0].float().cpu().numpy()
