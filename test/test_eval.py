@@ -244,6 +244,7 @@ def test_eval_rejects_bad_arguments_with_one_line(tmp_path: Path, capsys) -> Non
         (["--backends", "fusion,magic"], "unknown backend"),
         (["--limit", "0"], "--limit must be at least 1"),
         (["--out", str(tmp_path / "done")], "--overwrite"),
+        (["--fine-oracle"], "--fine-oracle needs --occupancy-oracle"),
     ):
         assert main(["eval", "--out", str(tmp_path / "x"), *extra]) == 2
         err = capsys.readouterr().err
@@ -254,7 +255,7 @@ def test_recorded_command_reproduces_the_configuration() -> None:
     parser = build_parser()
     argv = ["eval", "--dataset", "ycb", "--views", "6", "--sampler", "random", "--out", "r/x"]
     argv += ["--modality", "rgb", "--depth-noise", "--pose-noise-deg", "1", "--limit", "3"]
-    argv += ["--pose-oracle", "object", "--occupancy-oracle"]
+    argv += ["--pose-oracle", "object", "--occupancy-oracle", "--fine-oracle"]
     config = config_from_args(parser.parse_args(argv))
     again = config_from_args(parser.parse_args(config.command().split()[1:]))
     assert again == config

@@ -294,8 +294,28 @@ def test_occupancy_oracle_replaces_the_sample_with_the_true_shape(
     # Without symmetric views the generator must invent the can's back; the true occupancy
     # knows it (both through the same prior and decode).
     assert chamfer(oracle) < 0.5 * chamfer(sampled)  # measured: 0.00035 vs 0.0029
+    # The fine stage's oracle: the true latents on the true occupancy's active voxels.
+    fine_options = {**options, "occupancy_oracle": str(mesh_path), "fine": True}
+    fine, _ = reconstruct_frames(
+        frames, replace(settings, backend_options={**fine_options, "fine_oracle": True})
+    )
+    assert fine.extras["fine_oracle"] is True and fine.extras["fine"] == "on"
+    assert chamfer(fine) < 0.5 * chamfer(sampled)
+    with pytest.raises(ValueError, match="fine_oracle needs occupancy_oracle"):
+        reconstruct_frames(frames, replace(settings, backend_options={"fine_oracle": True}))
     bad = replace(
         settings, backend_options={**options, "occupancy_oracle": str(tmp_path / "x.ply")}
     )
     with pytest.raises(ReconstructionError, match="occupancy oracle: cannot read"):
         reconstruct_frames(frames, bad)
+
+
+def test_fill_inside_can_be_switched_off_for_the_ablation(one_sided_can) -> None:
+    frames, _ = one_sided_can
+    settings = ReconstructSettings(
+        backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
+    )
+    filled, _ = reconstruct_frames(frames, settings)
+    assert filled.extras["symmetric_views"] > 0 and filled.extras["inside_voxels"] > 0
+    off = replace(settings, backend_options={"steps": 4, "fill_inside": False})
+    assert reconstruct_frames(frames, off)[0].extras["inside_voxels"] == 0

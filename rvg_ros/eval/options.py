@@ -89,6 +89,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "(a diagnostic that tells the generator's errors from the decode's)",
     )
     parser.add_argument(
+        "--fine-oracle",
+        action="store_true",
+        help="with --occupancy-oracle, for rvg backends with the fine stage: its latents are "
+        "the true ones too (the mesh's signed distances at the fine sub-voxels)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
     )
     parser.add_argument(

@@ -65,6 +65,7 @@ class EvalConfig:
     refine_poses: str = "off"
     weights_dir: str | None = None  # rvg's weights (default: shipped)
     occupancy_oracle: bool = False  # rvg: the true coarse occupancy (rvg/oracle.py)
+    fine_oracle: bool = False  # rvg: the true fine latents too (needs occupancy_oracle)
 
     def validate(self) -> None:
         self.views.validate()
@@ -72,6 +73,8 @@ class EvalConfig:
         if unknown or not self.backends:
             known = ", ".join(sorted(BACKENDS))
             raise ValueError(f"unknown backend(s) {unknown or '(none given)'}; known: {known}")
+        if self.fine_oracle and not self.occupancy_oracle:
+            raise ValueError("--fine-oracle needs --occupancy-oracle")
         if self.resolution < 8 or self.points < 100:
             raise ValueError("resolution must be at least 8 and points at least 100")
 
@@ -117,6 +120,8 @@ class EvalConfig:
             args += ["--weights-dir", self.weights_dir]
         if self.occupancy_oracle:
             args.append("--occupancy-oracle")
+        if self.fine_oracle:
+            args.append("--fine-oracle")
         return shlex.join(args)
 
 
@@ -153,7 +158,12 @@ def _reconstruct(
         resolution=config.resolution,
         poses=PoseSettings(refine=config.refine_poses),
         weights_dir=config.weights_dir,
-        backend_options={"occupancy_oracle": str(capture.gt_path)} if oracle else {},
+        backend_options={
+            "occupancy_oracle": str(capture.gt_path),
+            "fine_oracle": config.fine_oracle,
+        }
+        if oracle
+        else {},
     )
     start = time.perf_counter()
     try:
@@ -273,6 +283,7 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         refine_poses=stored.get("refine_poses", "off"),
         weights_dir=stored.get("weights_dir"),
         occupancy_oracle=stored.get("occupancy_oracle", False),
+        fine_oracle=stored.get("fine_oracle", False),
         objects=tuple(stored["objects"]) if stored.get("objects") else None,
     )
     return write_report(original, rows, elapsed)
@@ -293,6 +304,8 @@ def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
         noise += f", pose refinement {config.refine_poses}"
     if config.occupancy_oracle:
         noise += ", rvg's coarse occupancy replaced by the true one (occupancy oracle)"
+    if config.fine_oracle:
+        noise += " and its fine latents too (fine oracle)"
     return (
         f"{count} objects ({config.dataset} {config.split}), {v.views} {v.sampler} views "
         f"at {v.image_size} px, modality `{v.modality}`{noise}, {config.resolution}³ voxels, "
@@ -334,6 +347,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         refine_poses=args.refine_poses,
         weights_dir=getattr(args, "weights_dir", None),
         occupancy_oracle=getattr(args, "occupancy_oracle", False),
+        fine_oracle=getattr(args, "fine_oracle", False),
     )
 
 

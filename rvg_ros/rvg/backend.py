@@ -45,7 +45,7 @@ from rvg_ros.rvg.generate import (
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
-from rvg_ros.rvg.oracle import oracle_coarse
+from rvg_ros.rvg.oracle import oracle_coarse, oracle_fine
 from rvg_ros.rvg.prior import (
     UNKNOWN,
     completion_cube,
@@ -83,6 +83,9 @@ class RVGSettings:
     symmetry: bool = True
     # Nothing below the support the object rests on (see prior.support_plane).
     support: bool = True
+    # With symmetric views: voxels hidden behind the surface in every real and symmetric
+    # view are forced occupied (prior.hidden_everywhere): the generator left pockets there.
+    fill_inside: bool = True
     sample_seed: int | None = None  # None: the capture's seed
     # Where sampling starts: 1.0 = pure noise (the paper). Below 1, from the evidence's
     # "not seen empty" region (the visual hull without depth) noised to that time (SDEdit),
@@ -112,6 +115,8 @@ class RVGSettings:
     # Evaluation diagnostic (``rvg-ros eval --occupancy-oracle``): a closed mesh of the object
     # in the capture's frame whose true occupancy replaces the sampled one (rvg/oracle.py).
     occupancy_oracle: str = ""
+    # ... and the fine stage's latents are the true ones too (needs occupancy_oracle).
+    fine_oracle: bool = False
 
 
 FINE_MODES = (True, False, "auto", "no_depth")
@@ -154,6 +159,7 @@ class RVGBackend:
             enforce_evidence=bool(extra.get("enforce_evidence", True)),
             symmetry=bool(extra.get("symmetry", RVGSettings.symmetry)),
             support=bool(extra.get("support", RVGSettings.support)),
+            fill_inside=bool(extra.get("fill_inside", RVGSettings.fill_inside)),
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
@@ -162,7 +168,10 @@ class RVGBackend:
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
+            fine_oracle=bool(extra.get("fine_oracle", False)),
         )
+        if self.settings.fine_oracle and not self.settings.occupancy_oracle:
+            raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
 
     def reconstruct(
         self, capture: CaptureSet, progress: ProgressFn = no_progress
@@ -213,16 +222,21 @@ class RVGBackend:
         if fine_model is not None:
             samples = s.confidence_samples
             with timer.stage("fine") as sub:
-                fine, fine_sdf = generate_fine(
-                    fine_model,
-                    prior,
-                    occupancy,
-                    capture.frames,
-                    s.fine_sampling,
-                    seed,
-                    device,
-                    on_step=lambda k, n: sub(k / n / samples, f"fine {k}/{n}"),
-                )
+                if s.fine_oracle:
+                    fine, fine_sdf = oracle_fine(
+                        s.occupancy_oracle, prior, occupancy, fine_model.config.latent
+                    )
+                else:
+                    fine, fine_sdf = generate_fine(
+                        fine_model,
+                        prior,
+                        occupancy,
+                        capture.frames,
+                        s.fine_sampling,
+                        seed,
+                        device,
+                        on_step=lambda k, n: sub(k / n / samples, f"fine {k}/{n}"),
+                    )
                 if samples >= 2:
                     # Another draw (no RVC: the spread is the generator's own uncertainty).
                     _, second_sdf = generate_fine(
@@ -293,7 +307,9 @@ class RVGBackend:
                 "cube_side": prior.cube.side,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
+                **({"fine_oracle": True} if s.fine_oracle else {}),
                 "symmetric_views": len(virtual),
+                "inside_voxels": int(prior.inside.sum()) if prior.inside is not None else 0,
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
@@ -320,7 +336,8 @@ class RVGBackend:
         if virtual:
             hint = evidence_grid(CaptureSet(virtual, capture.target), cube, res, use_depth, support)
             evidence = np.where(evidence == UNKNOWN, hint, evidence)
-            inside = hidden_everywhere(capture.frames, virtual, cube, res)
+            if self.settings.fill_inside:
+                inside = hidden_everywhere(capture.frames, virtual, cube, res)
         # The encoder saw 2-8 views in training: real views first, then virtual ones.
         encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
         views = view_inputs(CaptureSet(encoded, capture.target), cube, use_depth, config.view_size)
