@@ -45,7 +45,6 @@ from rvg_ros.rvg.generate import (
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
-from rvg_ros.rvg.oracle import oracle_coarse, oracle_fine
 from rvg_ros.rvg.prior import (
     UNKNOWN,
     completion_cube,
@@ -201,10 +200,16 @@ class RVGBackend:
         coarse = self.coarse_config(prior.use_depth)
         with timer.stage("condition"):
             onehot, condition = coarse_condition(model, prior, coarse, device)
+        truth = None
+        if s.occupancy_oracle:
+            # An evaluation diagnostic: imported here, off the node's start-up path.
+            from rvg_ros.rvg import oracle
+
+            truth = oracle.load_truth(s.occupancy_oracle)
         with timer.stage("sampling") as sub:
-            if s.occupancy_oracle:
+            if truth is not None:
                 res = model.config.resolution
-                occupancy = oracle_coarse(s.occupancy_oracle, prior, res, coarse)
+                occupancy = oracle.oracle_coarse(truth, prior, res, coarse)
             else:
                 occupancy = sample_coarse(
                     model,
@@ -222,9 +227,9 @@ class RVGBackend:
         if fine_model is not None:
             samples = s.confidence_samples
             with timer.stage("fine") as sub:
-                if s.fine_oracle:
-                    fine, fine_sdf = oracle_fine(
-                        s.occupancy_oracle, prior, occupancy, fine_model.config.latent
+                if s.fine_oracle and truth is not None:
+                    fine, fine_sdf = oracle.oracle_fine(
+                        truth, prior, occupancy, fine_model.config.latent
                     )
                 else:
                     fine, fine_sdf = generate_fine(

@@ -40,7 +40,7 @@ from rvg_ros.sim.objects import make_object
 
 
 class MeshQuery:
-    """Signed distance and surface colour of a watertight, vertex-coloured mesh."""
+    """Signed distance, inside test and surface colour of a watertight, vertex-coloured mesh."""
 
     def __init__(self, mesh: trimesh.Trimesh) -> None:
         self.scene = o3d.t.geometry.RaycastingScene()
@@ -60,6 +60,11 @@ class MeshQuery:
         # One thread: the machine is shared, and data generation parallelises over samples.
         query = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
         return self.scene.compute_signed_distance(query, nthreads=1).numpy()
+
+    def occupancy(self, points: np.ndarray) -> np.ndarray:
+        """Inside the mesh (bool per point): what ``dataset.occupancy_grid`` asks of a solid."""
+        query = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
+        return self.scene.compute_occupancy(query, nthreads=1).numpy() > 0.5
 
     def colour(self, points: np.ndarray) -> np.ndarray:
         """Colour at the closest surface point: barycentric blend of its triangle's vertices."""

@@ -6,7 +6,9 @@ answers "what would a perfect 32^3 generator give after this prior and this deco
 tells a generator's errors apart from the decode's (docs/results.md). The occupancy is the
 fraction of 2^3 sub-samples per voxel inside the mesh, as the training targets
 (``dataset.occupancy_grid``), and gets the same evidence and hidden-inside treatment as a
-sampled one (``generate.finish_occupancy``).
+sampled one (``generate.finish_occupancy``); the fine latents are the fine stage's training
+targets (``fine_data.fine_targets``). Both read the mesh through ``fine_data.MeshQuery``,
+loaded once per reconstruction (``load_truth``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 import torch
 import trimesh
 
@@ -29,55 +30,31 @@ from rvg_ros.rvg.generate import CoarseConfig, PriorInputs, finish_occupancy
 SUPERSAMPLE = 2
 
 
-def _load(mesh_path: str | Path) -> trimesh.Trimesh:
+def load_truth(mesh_path: str | Path) -> MeshQuery:
+    """The object's true mesh (closed, in the capture's world frame), ready to query."""
     try:
         mesh = trimesh.load(mesh_path, force="mesh", process=False)
     except (OSError, ValueError) as exc:
         raise ReconstructionError(f"occupancy oracle: cannot read {mesh_path}: {exc}") from exc
     if len(mesh.faces) == 0:
         raise ReconstructionError(f"occupancy oracle: {mesh_path} has no triangles")
-    return mesh
-
-
-def true_occupancy(mesh_path: str | Path, prior: PriorInputs, resolution: int) -> np.ndarray:
-    """(R, R, R) float32: the fraction of each voxel of ``prior.cube`` inside the mesh (a
-    closed mesh in the capture's world frame)."""
-    mesh = _load(mesh_path)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)),
-    )
-    return occupancy_grid(_MeshInside(scene), prior.cube, resolution, SUPERSAMPLE)
-
-
-class _MeshInside:
-    """The ``occupancy(points)`` that ``dataset.occupancy_grid`` asks of an object."""
-
-    def __init__(self, scene: o3d.t.geometry.RaycastingScene) -> None:
-        self.scene = scene
-
-    def occupancy(self, points: np.ndarray) -> np.ndarray:
-        query = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
-        return self.scene.compute_occupancy(query).numpy() > 0.5
+    return MeshQuery(mesh)
 
 
 def oracle_coarse(
-    mesh_path: str | Path, prior: PriorInputs, resolution: int, config: CoarseConfig
+    truth: MeshQuery, prior: PriorInputs, resolution: int, config: CoarseConfig
 ) -> np.ndarray:
     """What ``generate.sample_coarse`` returns, with the true occupancy as the sample."""
-    occupancy = torch.from_numpy(true_occupancy(mesh_path, prior, resolution))[None]
-    return finish_occupancy(occupancy, prior, config)
+    occupancy = occupancy_grid(truth, prior.cube, resolution, SUPERSAMPLE)
+    return finish_occupancy(torch.from_numpy(occupancy)[None], prior, config)
 
 
 def oracle_fine(
-    mesh_path: str | Path, prior: PriorInputs, occupancy: np.ndarray, config: LatentConfig
+    truth: MeshQuery, prior: PriorInputs, occupancy: np.ndarray, config: LatentConfig
 ) -> tuple[FineSample, np.ndarray]:
     """What ``generate.generate_fine`` returns, with the true latents (the mesh's signed
-    distances and colours, as the fine stage's training targets) for the active voxels of
-    ``occupancy``."""
-    query = MeshQuery(_load(mesh_path))
-    coords, latent = fine_targets(query, prior.cube, occupancy, config)
+    distances and colours) for the active voxels of ``occupancy``."""
+    coords, latent = fine_targets(truth, prior.cube, occupancy, config)
     sample = FineSample(torch.from_numpy(coords), torch.from_numpy(latent))
     field = fine_field(sample.coords, sample.latent, torch.from_numpy(occupancy), config)
     return sample, field.sdf.float().numpy()
