@@ -15,6 +15,7 @@ from rvg_ros.rvg.decode import (
     carve_seen_free,
     decode_surface,
     explain_silhouettes,
+    hidden_gaps,
     measured_over,
 )
 from rvg_ros.rvg.flow import flow_matching_loss, sample_flow
@@ -310,6 +311,32 @@ def test_seen_free_space_carves_but_leaves_the_measured_front_alone() -> None:
     assert np.all(carve_seen_free(sdf, tsdf, weight, np.full(11, -1.0)) == sdf)
 
 
+def test_narrow_hidden_gaps_are_filled_but_not_seen_free_space_or_wide_openings() -> None:
+    def block_with(cut: tuple[slice, ...]) -> np.ndarray:
+        solid = np.zeros((30, 30, 30), dtype=bool)
+        solid[5:25, 5:25, 5:25] = True
+        solid[cut] = False
+        return solid
+
+    nothing_free = np.zeros((30, 30, 30), dtype=bool)
+    # A slit 2 voxels high and 5 wide, open to the +x face: a tunnel into a bubble.
+    slit = (slice(8, 25), slice(8, 13), slice(10, 12))
+    gaps = hidden_gaps(block_with(slit), nothing_free, radius=2)
+    assert gaps[8:21, 8:13, 10:12].all()  # filled up to its mouth, where the ball gets in
+    assert not (gaps & block_with(slit)).any()
+    assert not gaps[:4].any() and not gaps[:, :, 26:].any()  # nothing away from the solid
+    # A view saw into the slit: it stays open.
+    assert not hidden_gaps(block_with(slit), ~block_with(slit), radius=2)[slit].any()
+    assert not hidden_gaps(block_with(slit), nothing_free, radius=0).any()
+    # A notch 8 voxels on a side cut into the -x face: the ball fits, it stays open.
+    notch = (slice(5, 12), slice(11, 19), slice(14, 22))
+    assert not hidden_gaps(block_with(notch), nothing_free, radius=2)[5:10, 13:17, 16:20].any()
+    # A slit 4 voxels high: a ball of radius 1 (3 voxels across) fits, one of radius 2 does not.
+    high = (slice(8, 25), slice(8, 13), slice(10, 14))
+    assert not hidden_gaps(block_with(high), nothing_free, radius=1)[10:21, 10, 11:13].any()
+    assert hidden_gaps(block_with(high), nothing_free, radius=2)[8:21, 10, 10:14].all()
+
+
 def test_a_generated_shape_that_leaves_a_mask_empty_gets_the_hull_back(sphere_views) -> None:
     frames, centre, radius = sphere_views
     frames = frames[:4]
@@ -364,6 +391,47 @@ def test_fine_sdf_is_the_generated_shape_where_nothing_was_measured(sphere_views
     assert back_fine < 0.5, back_fine  # the back is the fine stage's sphere
     assert back_coarse > 3.0, back_coarse  # ...where the coarse box would have put it
     assert front_fine < 0.5 and front_coarse < 0.5  # the measured front: fusion's, both times
+
+
+def test_a_slit_in_the_hidden_inside_is_filled_by_decode(sphere_views) -> None:
+    # One camera sees the front of the sphere; the generated (fine) sphere has a slit 2 fine
+    # voxels thick through its hidden back half, open at the back: the kind of tunnel that
+    # binary_fill_holes keeps. With hidden_gap_voxels it is filled; without, its walls are
+    # surface deep inside the object.
+    frames, centre, radius = sphere_views
+    frames = frames[:1]
+    cube = completion_cube(make_capture_set(frames))
+    fine_res = 64
+    unit_centre = cube.to_unit(centre[None])[0]
+    axis = (np.arange(fine_res) + 0.5) / fine_res - 0.5
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    sphere = np.linalg.norm(grid - unit_centre, axis=-1) - radius / cube.side
+    eye = cube.to_unit(frames[0].camera_to_world[:3, 3][None])[0] - unit_centre
+    eye /= np.linalg.norm(eye)
+    along = (grid - unit_centre) @ eye  # towards the camera
+    # A slab through the centre, perpendicular to the image's vertical, behind the centre.
+    up = np.cross(eye, [1.0, 0.0, 0.0] if abs(eye[0]) < 0.9 else [0.0, 1.0, 0.0])
+    up /= np.linalg.norm(up)
+    behind = along < -0.2 * radius / cube.side
+    slit = (np.abs((grid - unit_centre) @ up) < 1.0 / fine_res) & behind
+    fine_sdf = np.where(slit & (sphere < 0), 0.5 / fine_res, sphere)
+    coarse = np.zeros((16,) * 3, np.float32)
+
+    def deep_vertices(gap_voxels: int) -> float:
+        vertices, _, voxel = decode_surface(
+            coarse,
+            cube,
+            frames,
+            96,
+            use_depth=True,
+            fine_sdf=fine_sdf,
+            hidden_gap_voxels=gap_voxels,
+        )
+        r = np.linalg.norm(vertices - centre, axis=1)
+        return float(np.mean(r < radius - 4 * voxel))
+
+    assert deep_vertices(0) > 0.05  # the slit's walls (measured: 9 % of the vertices)
+    assert deep_vertices(2) == 0.0  # measured: none
 
 
 # --------------------------------------------------------------------------------- training

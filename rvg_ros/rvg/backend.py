@@ -31,7 +31,7 @@ from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import OBSERVED_CONFIDENCE, finish_mesh, sample_cloud
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError
 from rvg_ros.rvg.confidence import generated_confidence, vertex_spread
-from rvg_ros.rvg.decode import MIN_WALL_VOXELS, decode_surface
+from rvg_ros.rvg.decode import HIDDEN_GAP_VOXELS, MIN_WALL_VOXELS, decode_surface
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import (
     CoarseConfig,
@@ -94,6 +94,9 @@ class RVGSettings:
     start_time: float | None = None
     # Thickness (fine voxels) behind a measured surface before the generator decides.
     min_wall_voxels: float = MIN_WALL_VOXELS
+    # Gaps narrower than a ball of this radius (fine voxels) in space no view saw free are
+    # filled (decode.hidden_gaps); 0 = off.
+    hidden_gap_voxels: int = HIDDEN_GAP_VOXELS
     # Fine stage (part 2). False: coarse shape only (part 1); True: require the fine weights
     # (rvg_fine.safetensors in ``weights_dir``, or shipped); "auto": run it when they are there;
     # "no_depth" (default): as "auto", but only for captures without depth. Measured on YCB dev
@@ -162,6 +165,7 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
+            hidden_gap_voxels=int(extra.get("hidden_gap_voxels", RVGSettings.hidden_gap_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
             fine_sampling=fine_config(extra),
             fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
@@ -270,6 +274,7 @@ class RVGBackend:
                 support_plane=support,
                 min_wall_voxels=s.min_wall_voxels,
                 fine_sdf=fine_sdf,
+                hidden_gap_voxels=s.hidden_gap_voxels,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -310,6 +315,7 @@ class RVGBackend:
                 "use_condition": s.use_condition,
                 "device": device,
                 "cube_side": prior.cube.side,
+                "hidden_gap_voxels": s.hidden_gap_voxels,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
                 **({"fine_oracle": True} if s.fine_oracle else {}),
