@@ -186,8 +186,9 @@ def hidden_gaps(solid: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
         return np.zeros_like(solid)
     # Only the solid's bounding box (plus the ball) can change: closing just that takes under
     # 0.1 s here (a 90^3 box).
-    lo = np.maximum(np.argwhere(solid).min(axis=0) - radius - 1, 0)
-    hi = np.minimum(np.argwhere(solid).max(axis=0) + radius + 2, solid.shape)
+    occupied = np.argwhere(solid)
+    lo = np.maximum(occupied.min(axis=0) - radius - 1, 0)
+    hi = np.minimum(occupied.max(axis=0) + radius + 2, solid.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     r = np.arange(-radius, radius + 1)
     ball = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
