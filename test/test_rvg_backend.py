@@ -319,3 +319,16 @@ def test_fill_inside_can_be_switched_off_for_the_ablation(one_sided_can) -> None
     assert filled.extras["symmetric_views"] > 0 and filled.extras["inside_voxels"] > 0
     off = replace(settings, backend_options={"steps": 4, "fill_inside": False})
     assert reconstruct_frames(frames, off)[0].extras["inside_voxels"] == 0
+
+
+def test_hidden_gap_filling_is_reported_and_a_negative_radius_refused(one_sided_can) -> None:
+    frames, _ = one_sided_can
+    settings = ReconstructSettings(
+        backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
+    )
+    assert reconstruct_frames(frames, settings)[0].extras["hidden_gap_voxels"] == 2
+    off = replace(settings, backend_options={"steps": 4, "hidden_gap_voxels": 0})
+    assert reconstruct_frames(frames, off)[0].extras["hidden_gap_voxels"] == 0
+    bad = replace(settings, backend_options={"hidden_gap_voxels": -1})
+    with pytest.raises(ValueError, match="hidden_gap_voxels must be 0"):
+        reconstruct_frames(frames, bad)

@@ -173,6 +173,11 @@ class RVGBackend:
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
         )
+        if self.settings.hidden_gap_voxels < 0:
+            raise ValueError(
+                f"rvg option hidden_gap_voxels must be 0 (off) or more; got "
+                f"{self.settings.hidden_gap_voxels}"
+            )
         if self.settings.fine_oracle and not self.settings.occupancy_oracle:
             raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
 
