@@ -206,6 +206,14 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     rgb = [replace(f, depth=None) for f in frames]
     without_depth, _ = reconstruct_frames(rgb, replace(settings({}), backend_options=default))
     assert without_depth.extras["fine"] == "on"
+    # The fine SDF is smoothed by default with depth only; an explicit value wins.
+    assert result.extras["fine_smoothing"] == 4.0 and without_depth.extras["fine_smoothing"] == 0.0
+    smoothed, _ = reconstruct_frames(frames, settings({}))
+    raw, _ = reconstruct_frames(frames, settings({"fine_smoothing": 0}))
+    assert smoothed.extras["fine_smoothing"] == 4.0 and raw.extras["fine_smoothing"] == 0.0
+    assert raw.mesh.vertices.shape != smoothed.mesh.vertices.shape or not np.allclose(
+        raw.mesh.vertices, smoothed.mesh.vertices
+    )
     # Its generated vertices take the calibration without depth.
     # Silhouette-backed ("observed") vertices take their calibrated share, not 1.0, and the
     # result still says which they are (preview, observed_fraction).

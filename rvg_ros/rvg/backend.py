@@ -102,14 +102,21 @@ class RVGSettings:
     # "no_depth" (default): as "auto", but only for captures without depth. Measured on YCB dev
     # (docs/results.md, Table 2) with the shipped fine weights: without depth it beats part 1
     # (F@0.05 0.735 vs 0.704, CD-L2 18.8 vs 23.6 x10^-3, better on 16/18 objects); with depth it
-    # does not (0.956 vs 0.964): there the measured surface already decides most of the shape.
+    # wins by little (session 11, SDF smoothed: F@0.05 0.968 vs 0.966, CD-L2 1.19 vs 1.29) for
+    # about 1.5 s more: there the measured surface already decides most of the shape.
     fine: bool | str = "no_depth"
     # Its sampling and rendering-aware velocity compensation (options fine_steps,
     # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size, rvc_depth_view_size,
     # rvc_crop, rvc_colour, rvc_photometric).
     fine_sampling: FineConfig = field(default_factory=FineConfig)
-    # Gaussian smoothing of the fine SDF (fine voxels) before decode; 0 = none.
-    fine_smoothing: float = 0.0
+    # Gaussian smoothing of the fine SDF (fine voxels) before decode; 0 = none. None: 4 with
+    # depth, 0 without. With depth (YCB dev, 4 one-sided views, session 11) the smoothed fine
+    # stage beats part 1 (F@0.05 0.968 vs 0.966, CD-L2 1.19 vs 1.29, seen accuracy 0.566 vs
+    # 0.568 mm) where the raw one does not (0.963, 1.44, 0.593): the raw field zigzags between
+    # latent blocks. Without depth it loses (RGB + masks, sigma 4: F@0.05 0.712 vs 0.735,
+    # CD-L2 20.3 vs 18.8): there the silhouettes, not a TSDF, bound the field, and smoothing
+    # rounds away what the fine stage adds.
+    fine_smoothing: float | None = None
     # Fine samples drawn for the confidence of generated vertices (rvg/confidence.py): 2 adds
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
@@ -122,6 +129,8 @@ class RVGSettings:
 
 
 FINE_MODES = (True, False, "auto", "no_depth")
+# The fine SDF's default smoothing (fine voxels) for captures with depth (RVGSettings).
+FINE_SMOOTHING_WITH_DEPTH = 4.0
 
 
 def fine_mode(value: object) -> bool | str:
@@ -168,7 +177,9 @@ class RVGBackend:
             hidden_gap_voxels=int(extra.get("hidden_gap_voxels", RVGSettings.hidden_gap_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
             fine_sampling=fine_config(extra),
-            fine_smoothing=float(extra.get("fine_smoothing", RVGSettings.fine_smoothing)),
+            fine_smoothing=None
+            if extra.get("fine_smoothing") is None
+            else float(extra["fine_smoothing"]),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
@@ -263,8 +274,9 @@ class RVGBackend:
                         device,
                         on_step=lambda k, n: sub(0.5 + k / n / 2, f"fine spread {k}/{n}"),
                     )
-                if s.fine_smoothing > 0:
-                    fine_sdf = gaussian_filter(fine_sdf, s.fine_smoothing)
+                smoothing = self.fine_smoothing(prior.use_depth)
+                if smoothing > 0:
+                    fine_sdf = gaussian_filter(fine_sdf, smoothing)
         with timer.stage("decode"):
             vertices, triangles, voxel = decode_surface(
                 occupancy,
@@ -329,13 +341,19 @@ class RVGBackend:
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
-                **self._fine_report(fine),
+                **self._fine_report(fine, prior.use_depth),
                 # In-process only (result.json keeps scalars): for rvg/confidence.py.
                 **({"vertex_spread": spread} if spread is not None else {}),
                 **({"vertex_observed": observed} if observed is not None else {}),
                 "confidence_samples": 2 if second_sdf is not None else 1,
             },
         )
+
+    def fine_smoothing(self, use_depth: bool) -> float:
+        """The fine SDF's smoothing (``RVGSettings.fine_smoothing``; None: by modality)."""
+        if self.settings.fine_smoothing is not None:
+            return self.settings.fine_smoothing
+        return FINE_SMOOTHING_WITH_DEPTH if use_depth else 0.0
 
     def prior(
         self, capture: CaptureSet, virtual: list[Frame], config: ModelConfig
@@ -369,7 +387,7 @@ class RVGBackend:
             start_time=s.start_time or default_start_time(use_depth),
         )
 
-    def _fine_report(self, fine: FineSample | None) -> dict[str, object]:
+    def _fine_report(self, fine: FineSample | None, use_depth: bool) -> dict[str, object]:
         """What the fine stage did, for result.json: active voxels, steps, and per compensated
         step the per-view rendering losses before and after RVC."""
         if fine is None:
@@ -380,6 +398,7 @@ class RVGBackend:
             "fine_active_voxels": int(len(fine.coords)),
             "fine_steps": f.steps,
             "fine_cfg_scale": f.cfg_scale,
+            "fine_smoothing": self.fine_smoothing(use_depth),
             "rvc": f.rvc,
         }
         if f.rvc:
