@@ -244,6 +244,7 @@ class RVGBackend:
         fine: FineSample | None = None
         fine_sdf: np.ndarray | None = None
         second_sdf: np.ndarray | None = None
+        smoothing = self.fine_smoothing(prior.use_depth)
         if fine_model is not None:
             samples = s.confidence_samples
             with timer.stage("fine") as sub:
@@ -274,7 +275,6 @@ class RVGBackend:
                         device,
                         on_step=lambda k, n: sub(0.5 + k / n / 2, f"fine spread {k}/{n}"),
                     )
-                smoothing = self.fine_smoothing(prior.use_depth)
                 if smoothing > 0:
                     fine_sdf = gaussian_filter(fine_sdf, smoothing)
         with timer.stage("decode"):
@@ -341,7 +341,7 @@ class RVGBackend:
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
-                **self._fine_report(fine, prior.use_depth),
+                **self._fine_report(fine, smoothing),
                 # In-process only (result.json keeps scalars): for rvg/confidence.py.
                 **({"vertex_spread": spread} if spread is not None else {}),
                 **({"vertex_observed": observed} if observed is not None else {}),
@@ -387,7 +387,7 @@ class RVGBackend:
             start_time=s.start_time or default_start_time(use_depth),
         )
 
-    def _fine_report(self, fine: FineSample | None, use_depth: bool) -> dict[str, object]:
+    def _fine_report(self, fine: FineSample | None, smoothing: float) -> dict[str, object]:
         """What the fine stage did, for result.json: active voxels, steps, and per compensated
         step the per-view rendering losses before and after RVC."""
         if fine is None:
@@ -398,7 +398,7 @@ class RVGBackend:
             "fine_active_voxels": int(len(fine.coords)),
             "fine_steps": f.steps,
             "fine_cfg_scale": f.cfg_scale,
-            "fine_smoothing": self.fine_smoothing(use_depth),
+            "fine_smoothing": smoothing,
             "rvc": f.rvc,
         }
         if f.rvc:

@@ -156,6 +156,11 @@ def seen_free_field(
     return np.where(needed.reshape(shape), seen_free, -1.0)
 
 
+def in_front_of_measurement(tsdf: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Where a camera's ray passed before reaching its measured surface (free, measured)."""
+    return (weight > 0) & (tsdf > 0)
+
+
 def carve_seen_free(
     sdf: np.ndarray, tsdf: np.ndarray, weight: np.ndarray, seen_free: np.ndarray
 ) -> np.ndarray:
@@ -167,8 +172,7 @@ def carve_seen_free(
     surface, towards the inside, where the smoothed free space reaches it (near silhouette
     edges). YCB dev, 4 one-sided RGB-D views: seen accuracy 0.657 -> 0.644 mm, better on 16
     of 18 objects; on the surface the input views see 0.503 -> 0.489 mm (fusion: 0.460)."""
-    in_front = (weight > 0) & (tsdf > 0)
-    return np.where(in_front, sdf, np.maximum(sdf, seen_free))
+    return np.where(in_front_of_measurement(tsdf, weight), sdf, np.maximum(sdf, seen_free))
 
 
 def hidden_gaps(solid: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
@@ -276,7 +280,7 @@ def decode_surface(
         sdf = measured_over(tsdf, weight, sdf, min_wall)
         seen_free = seen_free_field(sdf, frames, points, voxel)
         sdf = carve_seen_free(sdf, tsdf, weight, seen_free)
-        free = (seen_free > 0.0) | ((weight > 0) & (tsdf > 0))
+        free = (seen_free > 0.0) | in_front_of_measurement(tsdf, weight)
         gaps = hidden_gaps(sdf <= 0.0, free, hidden_gap_voxels)
         # Inside by half the band, so marching cubes puts the new surface between voxels.
         sdf = np.where(gaps, np.minimum(sdf, -0.5), sdf)

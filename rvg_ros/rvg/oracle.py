@@ -20,14 +20,12 @@ import torch
 import trimesh
 
 from rvg_ros.core.types import ReconstructionError
-from rvg_ros.rvg.dataset import occupancy_grid
+from rvg_ros.rvg.dataset import DataConfig, occupancy_grid
 from rvg_ros.rvg.fine_data import MeshQuery, fine_targets
 from rvg_ros.rvg.fine_decode import fine_field
 from rvg_ros.rvg.fine_latent import LatentConfig
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import CoarseConfig, PriorInputs, finish_occupancy
-
-SUPERSAMPLE = 2
 
 
 def load_truth(mesh_path: str | Path) -> MeshQuery:
@@ -45,7 +43,7 @@ def oracle_coarse(
     truth: MeshQuery, prior: PriorInputs, resolution: int, config: CoarseConfig
 ) -> np.ndarray:
     """What ``generate.sample_coarse`` returns, with the true occupancy as the sample."""
-    occupancy = occupancy_grid(truth, prior.cube, resolution, SUPERSAMPLE)
+    occupancy = occupancy_grid(truth, prior.cube, resolution, DataConfig.supersample)
     return finish_occupancy(torch.from_numpy(occupancy)[None], prior, config)
 
 
