@@ -241,6 +241,56 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])
 
 
+def test_the_spread_compares_two_draws_smoothed_alike(
+    tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With depth the fine SDF is smoothed before decode; the second draw, whose |SDF| at the
+    mesh's vertices is the spread, must be smoothed the same, or the smoothing itself would
+    read as disagreement between the draws."""
+    import shutil
+
+    from scipy.ndimage import gaussian_filter
+
+    import rvg_ros.rvg.backend as backend_module
+    from rvg_ros.rvg.confidence import vertex_spread
+    from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
+
+    frames, _ = one_sided_can
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(SHIPPED_WEIGHTS / WEIGHTS_NAME, weights / WEIGHTS_NAME)
+    torch.manual_seed(0)
+    FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
+    draws: list[np.ndarray] = []
+    cubes = []
+    real_generate_fine = backend_module.generate_fine
+
+    def recording_generate_fine(model, prior, *args, **kwargs):  # the real sampler, recorded
+        sample, sdf = real_generate_fine(model, prior, *args, **kwargs)
+        draws.append(sdf.copy())
+        cubes.append(prior.cube)
+        return sample, sdf
+
+    monkeypatch.setattr(backend_module, "generate_fine", recording_generate_fine)
+    options = {"steps": 4, "fine": True, "fine_steps": 2, "fine_cfg_scale": 1.0}
+    settings = ReconstructSettings(
+        backend="rvg",
+        resolution=48,
+        cloud_points=1000,
+        weights_dir=str(weights),
+        backend_options={**options, "confidence_samples": 2},
+    )
+    result, _ = reconstruct_frames(frames, settings)
+    assert len(draws) == 2 and result.extras["fine_smoothing"] == 4.0
+    cube = cubes[1]
+    vertices = result.mesh.vertices
+    expected = vertex_spread(gaussian_filter(draws[1], 4.0), cube, vertices)
+    assert np.allclose(result.extras["vertex_spread"], expected, atol=1e-5)
+    # Unsmoothed, the second draw disagrees with the smoothed mesh by more.
+    unsmoothed = vertex_spread(draws[1], cube, vertices)
+    assert np.median(unsmoothed) > np.median(expected)
+
+
 def test_shipped_fine_weights_load_and_complete_an_unseen_object(one_sided_can) -> None:
     from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
 

@@ -277,6 +277,10 @@ class RVGBackend:
                     )
                 if smoothing > 0:
                     fine_sdf = gaussian_filter(fine_sdf, smoothing)
+                    # The spread compares the two draws: both smoothed alike, or it would
+                    # count the smoothing itself as disagreement.
+                    if second_sdf is not None:
+                        second_sdf = gaussian_filter(second_sdf, smoothing)
         with timer.stage("decode"):
             vertices, triangles, voxel = decode_surface(
                 occupancy,
