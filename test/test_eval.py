@@ -27,7 +27,7 @@ from rvg_ros.eval.report import read_csv, summary_markdown, write_csv
 from rvg_ros.eval.runner import config_from_args
 from rvg_ros.eval.scenes import ViewSpec, oracle_poses, render_object
 from rvg_ros.eval.score import canonical_mesh
-from rvg_ros.eval.visibility import gt_scene, seen_by_views
+from rvg_ros.eval.visibility import gt_scene, outward_sign, seen_by_views
 from rvg_ros.sim.views import default_intrinsics, look_at, perturb_poses, sample_views
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,31 @@ def test_visibility_sees_the_facing_side_only() -> None:
     points = 0.05 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
     # front: yes; back: occluded; rim: grazing; 45 degrees: yes; 84 degrees: grazing.
     assert seen(points).tolist() == [True, False, False, True, False]
+
+
+def test_the_back_of_a_wall_thinner_than_the_occlusion_slack_is_not_seen() -> None:
+    """A 0.5 mm plate seen from above: its top is seen; its underside lies within the ray
+    casting's 1 mm slack of the top, and only the side test says the camera cannot see it."""
+    plate = trimesh.creation.box([0.1, 0.1, 0.0005])
+    k = default_intrinsics(64, 64)
+    pose = look_at([0.0, 0.05, 0.4], [0.0, 0.0, 0.0])
+    top, bottom = [0.0, 0.0, 0.00025], [0.0, 0.0, -0.00025]
+    front = seen_by_views(plate, pose[None], k)
+    assert front(np.array([top, bottom])).tolist() == [True, False]
+    either = seen_by_views(plate, pose[None], k, sides="either")
+    assert either(np.array([top, bottom])).tolist() == [True, True]
+    # Inward winding (a flipped mesh) is told from its signed volume: the same answer.
+    flipped = trimesh.Trimesh(plate.vertices, plate.faces[:, ::-1], process=False)
+    assert outward_sign(flipped) == -1.0
+    assert seen_by_views(flipped, pose[None], k)(np.array([top, bottom])).tolist() == [True, False]
+    # A winding that cannot say which side is out is refused, not guessed.
+    mixed = trimesh.Trimesh(plate.vertices, plate.faces.copy(), process=False)
+    mixed.faces[0] = mixed.faces[0][::-1]
+    assert outward_sign(mixed) is None
+    with pytest.raises(ValueError, match="consistent winding"):
+        seen_by_views(mixed, pose[None], k)
+    with pytest.raises(ValueError, match="sides must be one of"):
+        seen_by_views(plate, pose[None], k, sides="back")
 
 
 def test_confidence_calibration_on_an_analytic_cloud() -> None:
@@ -219,6 +244,9 @@ def test_eval_command_writes_reports_and_is_deterministic(tmp_path: Path) -> Non
     assert (out / "plots" / "f_at_0p1_unit.png").exists()
     config = json.loads((out / "config.json").read_text())
     assert config["command"].startswith("rvg-ros eval --dataset procedural")
+    # The seen split is front-facing (the procedural meshes are wound outward), and says so.
+    assert config["visibility"] == "front" and "seen GT surface: front-facing" in summary
+    assert {float(r["gt_seen_front_facing"]) for r in rows} == {1.0}
     # The report can be rebuilt from the CSV alone, to the same text.
     (out / "summary.md").unlink()
     assert main(["eval", "--out", str(out), "--report-only"]) == 0
@@ -256,7 +284,9 @@ def test_recorded_command_reproduces_the_configuration() -> None:
     argv = ["eval", "--dataset", "ycb", "--views", "6", "--sampler", "random", "--out", "r/x"]
     argv += ["--modality", "rgb", "--depth-noise", "--pose-noise-deg", "1", "--limit", "3"]
     argv += ["--pose-oracle", "object", "--occupancy-oracle", "--fine-oracle"]
+    argv += ["--visibility", "either"]
     config = config_from_args(parser.parse_args(argv))
+    assert config.visibility == "either" and "--visibility either" in config.command()
     again = config_from_args(parser.parse_args(config.command().split()[1:]))
     assert again == config
 

@@ -13,6 +13,9 @@ SAMPLERS = ("orbit", "one-sided", "random")
 MODALITIES = ("rgbd", "rgb", "rgbd-unsegmented")
 POSE_INPUTS = ("tf", "none")
 POSE_ORACLES = ("off", "cameras", "object")
+# The seen/unseen split's side test (eval/visibility.py): front-facing, or either side (the
+# test of every table before session 12).
+VISIBILITY_SIDES = ("front", "either")
 REFINE_CHOICES = ("auto", "on", "off")  # as rvg_ros.core.poses.REFINE_CHOICES
 DEFAULT_BACKENDS = ("fusion", "hull", "fusion+convex", "fusion+carve", "fusion+mirror")
 
@@ -73,6 +76,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         choices=REFINE_CHOICES,
         default="off",
         help="refinement of given poses against the depth (default off, as in the node)",
+    )
+    parser.add_argument(
+        "--visibility",
+        choices=VISIBILITY_SIDES,
+        default="front",
+        help="which GT surface counts as seen: front (facing an input camera; default) or "
+        "either (either side within the occlusion slack: the test before session 12, which "
+        "counted the back of walls under 1 mm as seen)",
     )
     parser.add_argument("--holdout-views", type=int, default=8, help="views for image metrics")
     parser.add_argument("--points", type=int, default=100_000, help="surface samples per shape")

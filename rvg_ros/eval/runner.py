@@ -34,7 +34,7 @@ from rvg_ros.core.poses import PoseSettings
 from rvg_ros.core.types import ReconstructionError
 from rvg_ros.eval.datasets import load_dataset
 from rvg_ros.eval.grid import GridRow, render_thumbnail, save_grid
-from rvg_ros.eval.options import DEFAULT_BACKENDS
+from rvg_ros.eval.options import DEFAULT_BACKENDS, VISIBILITY_SIDES
 from rvg_ros.eval.poses import first_camera_score, pose_scores
 from rvg_ros.eval.report import bar_charts, read_csv, summary_markdown, write_csv
 from rvg_ros.eval.scenes import RenderedCapture, ViewSpec, render_object
@@ -66,6 +66,9 @@ class EvalConfig:
     weights_dir: str | None = None  # rvg's weights (default: shipped)
     occupancy_oracle: bool = False  # rvg: the true coarse occupancy (rvg/oracle.py)
     fine_oracle: bool = False  # rvg: the true fine latents too (needs occupancy_oracle)
+    # Seen/unseen split: GT surface facing a camera ("front"), or on either side of it within
+    # the occlusion slack ("either": every table before session 12; eval/visibility.py).
+    visibility: str = "front"
 
     def validate(self) -> None:
         self.views.validate()
@@ -75,6 +78,8 @@ class EvalConfig:
             raise ValueError(f"unknown backend(s) {unknown or '(none given)'}; known: {known}")
         if self.fine_oracle and not self.occupancy_oracle:
             raise ValueError("--fine-oracle needs --occupancy-oracle")
+        if self.visibility not in VISIBILITY_SIDES:
+            raise ValueError(f"visibility must be one of {VISIBILITY_SIDES}")
         if self.resolution < 8 or self.points < 100:
             raise ValueError("resolution must be at least 8 and points at least 100")
 
@@ -122,6 +127,8 @@ class EvalConfig:
             args.append("--occupancy-oracle")
         if self.fine_oracle:
             args.append("--fine-oracle")
+        if self.visibility != "front":
+            args += ["--visibility", self.visibility]
         return shlex.join(args)
 
 
@@ -198,7 +205,9 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
     started = time.perf_counter()
     for index, obj in enumerate(objects):
         capture = render_object(obj, config.views, config.out / "captures" / obj.name, config.seed)
-        truth = GroundTruth(capture)
+        truth = GroundTruth(capture, config.visibility)
+        if truth.visibility != config.visibility:
+            log(f"{obj.name}: GT winding inconsistent; seen split on either side")
         grid_row = None
         if index < config.grid_rows:
             grid_row = GridRow(
@@ -225,6 +234,7 @@ def run_eval(config: EvalConfig, log: Log = print_line) -> EvalOutputs:
                 )
                 result = moved
                 row.update(score_reconstruction(result, truth, config.points, config.seed))
+                row["gt_seen_front_facing"] = float(truth.visibility == "front")
                 unseen = row.get("completeness_unseen", float("nan"))
                 log(
                     f"{obj.name:28s} {backend:14s} F@0.1 {row['f@0.1_unit']:.3f}  "
@@ -285,6 +295,8 @@ def rebuild_report(config: EvalConfig) -> tuple[Path, list[Path]]:
         occupancy_oracle=stored.get("occupancy_oracle", False),
         fine_oracle=stored.get("fine_oracle", False),
         objects=tuple(stored["objects"]) if stored.get("objects") else None,
+        # Runs from before the option was added used the either-side test.
+        visibility=stored.get("visibility", "either"),
     )
     return write_report(original, rows, elapsed)
 
@@ -306,11 +318,17 @@ def _notes(config: EvalConfig, count: int, elapsed: float) -> str:
         noise += ", rvg's coarse occupancy replaced by the true one (occupancy oracle)"
     if config.fine_oracle:
         noise += " and its fine latents too (fine oracle)"
+    seen = (
+        "front-facing"
+        if config.visibility == "front"
+        else "either side (the test before session 12)"
+    )
     return (
         f"{count} objects ({config.dataset} {config.split}), {v.views} {v.sampler} views "
         f"at {v.image_size} px, modality `{v.modality}`{noise}, {config.resolution}³ voxels, "
-        f"seed {config.seed}. Mean ± std over the objects a backend succeeded on; best mean in "
-        f"bold. Whole run: {elapsed:.0f} s.\n\nReproduce: `{config.command()}`"
+        f"seed {config.seed}; seen GT surface: {seen}. Mean ± std over the objects a backend "
+        f"succeeded on; best mean in bold. Whole run: {elapsed:.0f} s.\n\n"
+        f"Reproduce: `{config.command()}`"
     )
 
 
@@ -348,6 +366,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         weights_dir=getattr(args, "weights_dir", None),
         occupancy_oracle=getattr(args, "occupancy_oracle", False),
         fine_oracle=getattr(args, "fine_oracle", False),
+        visibility=getattr(args, "visibility", "front"),
     )
 
 

@@ -15,7 +15,7 @@ from rvg_ros.core.types import Mesh, Reconstruction
 from rvg_ros.eval.calibration import confidence_calibration
 from rvg_ros.eval.images import image_metrics, render_views
 from rvg_ros.eval.scenes import RenderedCapture
-from rvg_ros.eval.visibility import gt_scene, seen_by_views
+from rvg_ros.eval.visibility import gt_scene, outward_sign, seen_by_views
 
 # Metric-scale radii (grasping) and unit-cube radii (the paper's), as in core.metrics.
 METRIC_RADII = (0.005, 0.01)
@@ -47,11 +47,18 @@ def canonical_mesh(mesh: Mesh) -> Mesh:
 class GroundTruth:
     """What scoring needs of one object, built once and reused for every backend."""
 
-    def __init__(self, capture: RenderedCapture) -> None:
+    def __init__(self, capture: RenderedCapture, visibility: str = "front") -> None:
         self.capture = capture
         self.mesh = trimesh.load(capture.gt_path, force="mesh", process=False)
         self.scene = gt_scene(self.mesh)
-        self.seen = seen_by_views(self.mesh, capture.true_poses, capture.intrinsics)
+        # The seen/unseen split's side test (eval/visibility.py): front-facing unless the GT's
+        # winding cannot say which side is out, then either side (recorded per object).
+        if visibility == "front" and outward_sign(self.mesh) is None:
+            visibility = "either"
+        self.visibility = visibility
+        self.seen = seen_by_views(
+            self.mesh, capture.true_poses, capture.intrinsics, sides=visibility
+        )
         self.holdout_views: list[RenderedView] = render_views(
             MeshRenderer(self.mesh), capture.intrinsics, capture.holdout_poses
         )
@@ -61,11 +68,12 @@ def _visible_in_inputs(
     mesh: Mesh, capture: RenderedCapture
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """Which points of the predicted surface an input camera (true pose) sees, by the same
-    test as the GT's seen split, run against the prediction itself."""
+    test as the GT's seen split, run against the prediction itself; on either side, since a
+    prediction may be an open surface with no outward side (fusion's)."""
     if mesh.is_empty:
         return None
     surface = trimesh.Trimesh(mesh.vertices, mesh.triangles, process=False)
-    return seen_by_views(surface, capture.true_poses, capture.intrinsics)
+    return seen_by_views(surface, capture.true_poses, capture.intrinsics, sides="either")
 
 
 def score_reconstruction(
