@@ -35,11 +35,12 @@ DISTANCE_EDGES = (4.0, 8.0, 16.0)  # fine voxels from the nearest observed verte
 SPREAD_EDGES = (0.5, 1.0, 2.0)  # fine voxels between the two samples' surfaces
 # Calibrated (module docstring): P(within tolerance) per distance bin, and per (distance,
 # spread) bin, from ``results/rvg_confidence/calibration.json`` (12 held-out procedural objects,
-# 4 one-sided RGB-D views, the shipped weights; 158k generated vertices). Observed vertices: 1.00.
-# The spread hardly separates good from bad generated vertices within a distance bin (nearest
-# bin: 0.85 -> 0.81 from the smallest spread to the largest, the others flat), so one sample is
-# the default on every device.
-DISTANCE_CONFIDENCE = (0.830, 0.462, 0.495, 0.293)
+# 4 one-sided RGB-D views, the shipped weights and session 12's pipeline: decode's gap filling,
+# the fine SDF smoothed with depth; 126k generated vertices; session 5's table, before those,
+# was 0.830 / 0.462 / 0.495 / 0.293). Observed vertices: 1.00. The spread does not order good
+# and bad generated vertices within a distance bin (nearest bin: 0.83, 0.85, 0.92, 0.84 from
+# the smallest spread to the largest), so one sample is the default on every device.
+DISTANCE_CONFIDENCE = (0.869, 0.554, 0.550, 0.341)
 # The same without depth, where the fine stage runs by default: ``--modality rgb``
 # (``results/rvg_confidence_rgb``, 8 objects, 4 one-sided RGB + mask views, 105k generated
 # vertices). Generation from silhouettes alone is far less sure away from what was seen.
@@ -49,10 +50,10 @@ DISTANCE_CONFIDENCE_RGB = (0.505, 0.286, 0.092, 0.001)
 # (``observed_within``), so they get that, not 1.0 (with depth: 100 %, they keep 1.0).
 OBSERVED_CONFIDENCE_RGB = 0.583
 SPREAD_CONFIDENCE = (
-    (0.845, 0.852, 0.834, 0.807),
-    (0.454, 0.472, 0.471, 0.455),
-    (0.486, 0.481, 0.477, 0.517),
-    (0.305, 0.289, 0.275, 0.299),
+    (0.828, 0.847, 0.924, 0.836),
+    (0.538, 0.579, 0.670, 0.387),
+    (0.538, 0.569, 0.577, 0.444),
+    (0.309, 0.304, 0.436, 0.381),
 )
 
 
