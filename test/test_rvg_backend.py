@@ -379,6 +379,31 @@ def test_fill_inside_can_be_switched_off_for_the_ablation(one_sided_can) -> None
     assert reconstruct_frames(frames, off)[0].extras["inside_voxels"] == 0
 
 
+def test_the_inside_fill_leaves_an_open_cups_hidden_bottom_but_not_a_closed_can() -> None:
+    """Both a cup's hidden bottom and a can's inside lie behind the surface in every view; only
+    the cup's lies under space a camera saw free (its opening)."""
+    settings = ReconstructSettings(
+        backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
+    )
+    unchanged = replace(settings, backend_options={"steps": 4, "open_top_voxels": 0})
+    filled: dict[str, tuple[int, int]] = {}
+    for family in ("cup", "can"):
+        obj = make_object(family, VAL_SEED_OFFSET + 500)
+        k = default_intrinsics(160, 160)
+        radius = fit_radius(np.linalg.norm(obj.bounds[1] - obj.bounds[0]), k)
+        poses = one_sided(4, radius, np.random.default_rng(0), obj.bounds.mean(axis=0))
+        frames = render_frames(obj.mesh, poses, k)
+        default, _ = reconstruct_frames(frames, settings)
+        full, _ = reconstruct_frames(frames, unchanged)
+        assert default.extras["open_top_voxels"] == 2 and full.extras["open_top_voxels"] == 0
+        filled[family] = (default.extras["inside_voxels"], full.extras["inside_voxels"])
+    assert filled["cup"][1] > 0 and filled["cup"][0] < filled["cup"][1]
+    assert filled["can"][1] > 0 and filled["can"][0] == filled["can"][1]
+    bad = replace(settings, backend_options={"open_top_voxels": -1})
+    with pytest.raises(ValueError, match="open_top_voxels must be 0"):
+        reconstruct_frames(render_frames(obj.mesh, poses[:2], k), bad)
+
+
 def test_hidden_gap_filling_is_reported_and_a_negative_radius_refused(one_sided_can) -> None:
     frames, _ = one_sided_can
     settings = ReconstructSettings(

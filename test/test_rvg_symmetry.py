@@ -15,7 +15,15 @@ from rvg_ros.core.geometry import backproject_depth
 from rvg_ros.core.target import make_capture_set
 from rvg_ros.core.types import CaptureSet, TargetCube
 from rvg_ros.rvg.decode import decode_surface
-from rvg_ros.rvg.prior import hidden_everywhere, support_plane, voxel_centres
+from rvg_ros.rvg.prior import (
+    FREE,
+    SURFACE,
+    UNKNOWN,
+    hidden_everywhere,
+    support_plane,
+    under_open_space,
+    voxel_centres,
+)
 from rvg_ros.sim.capture import render_frames
 from rvg_ros.sim.views import default_intrinsics, fit_radius, one_sided
 
@@ -81,6 +89,30 @@ def test_inside_of_an_object_seen_all_round_is_hidden_everywhere_and_nothing_els
     assert not np.any(hidden & ~inside & (centres[:, 2] > 0.0))
     # Without the far side's views nothing is known to be inside.
     assert not hidden_everywhere(capture.frames, [], cube, res).any()
+
+
+def test_under_open_space_is_what_lies_right_under_seen_free_space_above_the_support() -> None:
+    res = 16
+    cube = TargetCube(center=np.zeros(3), side=0.16)  # 1 cm voxels, z from -8 to 8 cm
+    evidence = np.full((res,) * 3, UNKNOWN, np.uint8)
+    evidence[4, 4, 10] = FREE  # an opening: seen free
+    evidence[8, 8, 10] = SURFACE  # a measured top: not free
+    evidence[4, 12, 1] = FREE  # free under the support (z = -6 cm) does not count
+    support = np.array([0.0, 0.0, 1.0, 0.06])
+    under = under_open_space(evidence, cube, support, 2)
+    expected = np.zeros_like(under)
+    expected[4, 4, 8:10] = True  # the two voxels right under the opening, nothing beside them
+    assert np.array_equal(under, expected)
+    assert np.array_equal(under_open_space(evidence, cube, support, 1), expected & ~_at(8, res))
+    assert not under_open_space(evidence, cube, support, 0).any()
+    # Without a support plane, all free space counts.
+    assert under_open_space(evidence, cube, None, 1)[4, 12, 0]
+
+
+def _at(z: int, res: int) -> np.ndarray:
+    out = np.zeros((res,) * 3, dtype=bool)
+    out[:, :, z] = True
+    return out
 
 
 def test_support_plane_is_the_lowest_measured_height_when_cameras_look_down() -> None:

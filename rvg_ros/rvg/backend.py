@@ -46,11 +46,13 @@ from rvg_ros.rvg.generate import (
 )
 from rvg_ros.rvg.model import ModelConfig
 from rvg_ros.rvg.prior import (
+    OPEN_TOP_VOXELS,
     UNKNOWN,
     completion_cube,
     evidence_grid,
     hidden_everywhere,
     support_plane,
+    under_open_space,
     view_inputs,
 )
 
@@ -85,6 +87,9 @@ class RVGSettings:
     # With symmetric views: voxels hidden behind the surface in every real and symmetric
     # view are forced occupied (prior.hidden_everywhere): the generator left pockets there.
     fill_inside: bool = True
+    # Coarse voxels of that fill given back to the generator under space a view saw free (an
+    # open container's hidden bottom; prior.under_open_space); 0 = none.
+    open_top_voxels: int = OPEN_TOP_VOXELS
     sample_seed: int | None = None  # None: the capture's seed
     # Where sampling starts: 1.0 = pure noise (the paper). Below 1, from the evidence's
     # "not seen empty" region (the visual hull without depth) noised to that time (SDEdit),
@@ -175,6 +180,7 @@ class RVGBackend:
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
             hidden_gap_voxels=int(extra.get("hidden_gap_voxels", RVGSettings.hidden_gap_voxels)),
+            open_top_voxels=int(extra.get("open_top_voxels", RVGSettings.open_top_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
             fine_sampling=fine_config(extra),
             fine_smoothing=None
@@ -184,11 +190,11 @@ class RVGBackend:
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
         )
-        if self.settings.hidden_gap_voxels < 0:
-            raise ValueError(
-                f"rvg option hidden_gap_voxels must be 0 (off) or more; got "
-                f"{self.settings.hidden_gap_voxels}"
-            )
+        for name in ("hidden_gap_voxels", "open_top_voxels"):
+            if getattr(self.settings, name) < 0:
+                raise ValueError(
+                    f"rvg option {name} must be 0 (off) or more; got {getattr(self.settings, name)}"
+                )
         if self.settings.fine_oracle and not self.settings.occupancy_oracle:
             raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
 
@@ -337,6 +343,7 @@ class RVGBackend:
                 "device": device,
                 "cube_side": prior.cube.side,
                 "hidden_gap_voxels": s.hidden_gap_voxels,
+                "open_top_voxels": s.open_top_voxels,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
                 **({"fine_oracle": True} if s.fine_oracle else {}),
@@ -375,7 +382,9 @@ class RVGBackend:
             hint = evidence_grid(CaptureSet(virtual, capture.target), cube, res, use_depth, support)
             evidence = np.where(evidence == UNKNOWN, hint, evidence)
             if self.settings.fill_inside:
-                inside = hidden_everywhere(capture.frames, virtual, cube, res)
+                inside = hidden_everywhere(capture.frames, virtual, cube, res) & ~under_open_space(
+                    evidence, cube, support, self.settings.open_top_voxels
+                )
         # The encoder saw 2-8 views in training: real views first, then virtual ones.
         encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
         views = view_inputs(CaptureSet(encoded, capture.target), cube, use_depth, config.view_size)

@@ -31,6 +31,10 @@ CUBE_SIDE_FACTOR = 1.4
 CUBE_BACK_SHIFT = 0.12
 VIEW_SIZE = 64
 INSIDE_EROSION_VOXELS = 1
+# Coarse voxels of the filled inside given back to the generator under space a view saw free
+# (``under_open_space``); 0 = none. YCB dev, 4 one-sided RGB-D views (decode replays, 18
+# objects): nearest-GT seen accuracy 0.516 / 0.507 / 0.536 / 0.647 mm for 0 / 2 / 3 / 4.
+OPEN_TOP_VOXELS = 2
 VIEW_CHANNELS = 12  # rgb 3, mask 1, depth 1, depth-valid 1, Plücker 6
 
 
@@ -161,6 +165,31 @@ def hidden_everywhere(
     # Only the deep inside: next to the surface, "behind every view" also holds in the seams
     # that no view (real or virtual) saw, and there the generator knows better.
     return binary_erosion(inside, iterations=INSIDE_EROSION_VOXELS)
+
+
+def under_open_space(
+    evidence: np.ndarray, cube: TargetCube, support: np.ndarray | None, voxels: int
+) -> np.ndarray:
+    """(res, res, res) bool: voxels with space a view saw free (``evidence`` FREE) at most
+    ``voxels`` voxels straight above them (world z up, as in ``support_plane``), not counting
+    the free space at or below the support.
+
+    ``hidden_everywhere`` cannot tell a closed object's inside from an open container's hidden
+    bottom: both lie behind the surface in every view. But the container's hidden part lies
+    under its opening, where the cameras saw free space (into the cup, down to the sight line
+    over the near rim), while a closed object's inside lies under its measured top. Filling
+    the cup up to the sight line built a false floor there (YCB cups: 0.66 mm seen accuracy
+    against fusion's 0.26). Taking those voxels out of the fill leaves them to the generator.
+    """
+    resolution = evidence.shape[0]
+    free = evidence == FREE
+    if support is not None:
+        height = voxel_centres(cube, resolution) @ support[:3] + support[3]
+        free &= (height > cube.side / resolution).reshape(free.shape)
+    under = np.zeros_like(free)
+    for step in range(1, voxels + 1):
+        under[:, :, :-step] |= free[:, :, step:]  # axis 2 of the grid is world z
+    return under
 
 
 def plucker_rays(frame: Frame, cube: TargetCube, size: int) -> np.ndarray:
