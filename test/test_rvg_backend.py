@@ -381,7 +381,7 @@ def test_fill_inside_can_be_switched_off_for_the_ablation(one_sided_can) -> None
 
 def test_the_inside_fill_leaves_an_open_cups_hidden_bottom_but_not_a_closed_can() -> None:
     """Both a cup's hidden bottom and a can's inside lie behind the surface in every view; only
-    the cup's lies under space a camera saw free (its opening)."""
+    the cup's lies under space a camera saw into (its opening)."""
     settings = ReconstructSettings(
         backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
     )
@@ -397,8 +397,15 @@ def test_the_inside_fill_leaves_an_open_cups_hidden_bottom_but_not_a_closed_can(
         full, _ = reconstruct_frames(frames, unchanged)
         assert default.extras["open_top_voxels"] == 2 and full.extras["open_top_voxels"] == 0
         filled[family] = (default.extras["inside_voxels"], full.extras["inside_voxels"])
-    assert filled["cup"][1] > 0 and filled["cup"][0] < filled["cup"][1]
-    assert filled["can"][1] > 0 and filled["can"][0] == filled["can"][1]
+
+    # The cup gives back a seventh of its fill (the bottom under its opening); the can, whose
+    # inside lies under its measured lid, keeps all but a few voxels at the edge of its top.
+    def given_back(family: str) -> float:
+        kept, full = filled[family]
+        assert full > 0
+        return 1.0 - kept / full
+
+    assert given_back("cup") > 0.1 and given_back("can") < 0.01
     bad = replace(settings, backend_options={"open_top_voxels": -1})
     with pytest.raises(ValueError, match="open_top_voxels must be 0"):
         reconstruct_frames(render_frames(obj.mesh, poses[:2], k), bad)

@@ -16,10 +16,11 @@ from rvg_ros.core.target import make_capture_set
 from rvg_ros.core.types import CaptureSet, TargetCube
 from rvg_ros.rvg.decode import decode_surface
 from rvg_ros.rvg.prior import (
-    FREE,
     SURFACE,
     UNKNOWN,
+    evidence_grid,
     hidden_everywhere,
+    seen_through,
     support_plane,
     under_open_space,
     voxel_centres,
@@ -91,28 +92,45 @@ def test_inside_of_an_object_seen_all_round_is_hidden_everywhere_and_nothing_els
     assert not hidden_everywhere(capture.frames, [], cube, res).any()
 
 
-def test_under_open_space_is_what_lies_right_under_seen_free_space_above_the_support() -> None:
+def test_under_open_space_is_what_lies_right_under_space_seen_into_with_no_surface_between() -> (
+    None
+):
     res = 16
-    cube = TargetCube(center=np.zeros(3), side=0.16)  # 1 cm voxels, z from -8 to 8 cm
+    through = np.zeros((res,) * 3, dtype=bool)
     evidence = np.full((res,) * 3, UNKNOWN, np.uint8)
-    evidence[4, 4, 10] = FREE  # an opening: seen free
-    evidence[8, 8, 10] = SURFACE  # a measured top: not free
-    evidence[4, 12, 1] = FREE  # free under the support (z = -6 cm) does not count
-    support = np.array([0.0, 0.0, 1.0, 0.06])
-    under = under_open_space(evidence, cube, support, 2)
+    through[4, 4, 10] = True  # seen into: an opening
+    through[8, 8, 10] = True  # ... above a measured top one voxel lower
+    evidence[8, 8, 9] = SURFACE
+    under = under_open_space(through, evidence, 2)
     expected = np.zeros_like(under)
     expected[4, 4, 8:10] = True  # the two voxels right under the opening, nothing beside them
+    expected[8, 8, 9] = True  # the measured top itself (never inside), but not below it
     assert np.array_equal(under, expected)
-    assert np.array_equal(under_open_space(evidence, cube, support, 1), expected & ~_at(8, res))
-    assert not under_open_space(evidence, cube, support, 0).any()
-    # Without a support plane, all free space counts.
-    assert under_open_space(evidence, cube, None, 1)[4, 12, 0]
+    one = under_open_space(through, evidence, 1)
+    assert one[4, 4, 9] and one.sum() == 2 and one[8, 8, 9]  # the top's own voxel only
+    assert not under_open_space(through, evidence, 0).any()
 
 
-def _at(z: int, res: int) -> np.ndarray:
-    out = np.zeros((res,) * 3, dtype=bool)
-    out[:, :, z] = True
-    return out
+def test_space_seen_into_a_cup_is_seen_through_and_space_past_a_box_is_not() -> None:
+    """Rays into a cup's opening cross its outline before its far inner wall; around a box
+    they cross only space outside its outline, or in front of its measured faces."""
+    box, capture = _box_capture()
+    cube = TargetCube(center=np.array([0.02, 0.0, 0.035]), side=0.2)
+    res = 32
+    through = seen_through(capture.frames, cube, res).reshape(-1)
+    centres = voxel_centres(cube, res)
+    lo, hi = box.bounds
+    # Straight above the box's top (within its footprint): seen in front of the measured top.
+    footprint = np.all((centres[:, :2] > lo[:2]) & (centres[:, :2] < hi[:2]), axis=1)
+    assert through[footprint & (centres[:, 2] > hi[2] + 0.015)].any()
+    # Never inside the box, and the measured top blocks the column: no box voxel is "under
+    # open space" with a 2-voxel reach.
+    inside = np.all((centres > lo) & (centres < hi), axis=1)
+    assert not through[inside].any()
+    evidence = evidence_grid(capture, cube, res, use_depth=True)
+    under = under_open_space(through.reshape((res,) * 3), evidence, 2).reshape(-1)
+    deep = np.all((centres > lo + 0.01) & (centres < hi - 0.01), axis=1)
+    assert not under[deep].any()
 
 
 def test_support_plane_is_the_lowest_measured_height_when_cameras_look_down() -> None:

@@ -51,6 +51,7 @@ from rvg_ros.rvg.prior import (
     completion_cube,
     evidence_grid,
     hidden_everywhere,
+    seen_through,
     support_plane,
     under_open_space,
     view_inputs,
@@ -87,8 +88,8 @@ class RVGSettings:
     # With symmetric views: voxels hidden behind the surface in every real and symmetric
     # view are forced occupied (prior.hidden_everywhere): the generator left pockets there.
     fill_inside: bool = True
-    # Coarse voxels of that fill given back to the generator under space a view saw free (an
-    # open container's hidden bottom; prior.under_open_space); 0 = none.
+    # Coarse voxels of that fill given back to the generator under space a view saw into the
+    # object through (an open container's hidden bottom; prior.under_open_space); 0 = none.
     open_top_voxels: int = OPEN_TOP_VOXELS
     sample_seed: int | None = None  # None: the capture's seed
     # Where sampling starts: 1.0 = pure noise (the paper). Below 1, from the evidence's
@@ -382,8 +383,9 @@ class RVGBackend:
             hint = evidence_grid(CaptureSet(virtual, capture.target), cube, res, use_depth, support)
             evidence = np.where(evidence == UNKNOWN, hint, evidence)
             if self.settings.fill_inside:
+                through = seen_through(capture.frames + virtual, cube, res)
                 inside = hidden_everywhere(capture.frames, virtual, cube, res) & ~under_open_space(
-                    evidence, cube, support, self.settings.open_top_voxels
+                    through, evidence, self.settings.open_top_voxels
                 )
         # The encoder saw 2-8 views in training: real views first, then virtual ones.
         encoded = capture.frames + virtual[: max(MAX_ENCODED_VIEWS - len(capture.frames), 0)]
