@@ -17,6 +17,8 @@ what it sees on a robot.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 from scipy.ndimage import binary_erosion
@@ -97,6 +99,24 @@ def _silhouette(frame: Frame) -> np.ndarray:
     return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel).astype(bool)
 
 
+class ViewSamples(NamedTuple):
+    """What one view says about each of a set of points (``sample_view``)."""
+
+    z: np.ndarray  # depth along the camera's axis (metres)
+    seen: np.ndarray  # in front of the camera and inside the image
+    on_object: np.ndarray  # on the object's silhouette (``_silhouette``)
+    depth: np.ndarray | None  # measured depth at the point's pixel (0: none); None: no depth
+
+
+def sample_view(frame: Frame, centres: np.ndarray) -> ViewSamples:
+    """Project ``centres`` into ``frame`` and look up its silhouette and depth there: the
+    evidence grid, the hidden inside and the seen-through space all start from this."""
+    uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
+    on_object, seen = lookup_pixels(_silhouette(frame), uv, z > 0)
+    depth = None if frame.depth is None else lookup_pixels(frame.depth, uv, seen)[0]
+    return ViewSamples(z, seen, on_object, depth)
+
+
 def evidence_grid(
     capture: CaptureSet,
     cube: TargetCube,
@@ -115,11 +135,9 @@ def evidence_grid(
     free = np.zeros(len(centres), dtype=bool)
     surface = np.zeros(len(centres), dtype=bool)
     for frame in capture.frames:
-        uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
-        on_object, seen = lookup_pixels(_silhouette(frame), uv, z > 0)
+        z, seen, on_object, depth = sample_view(frame, centres)
         free |= seen & ~on_object
-        if use_depth and frame.depth is not None:
-            depth, _ = lookup_pixels(frame.depth, uv, seen)
+        if use_depth and depth is not None:
             free |= seen & (depth > 0) & (z < depth - voxel)
             points = cube.to_unit(backproject_depth(frame))
             index = np.floor((points + 0.5) * resolution).astype(np.int64)
@@ -153,9 +171,7 @@ def hidden_everywhere(
         for frame in frames:
             if frame.depth is None:
                 continue
-            uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
-            depth, seen = lookup_pixels(frame.depth, uv, z > 0)
-            on_object, _ = lookup_pixels(_silhouette(frame), uv, seen)
+            z, seen, on_object, depth = sample_view(frame, centres)
             measured = seen & on_object & (depth > 0)
             behind = measured & (z > depth + margin)
             # Seen past the silhouette, or in front of the depth: not hidden. Inside the
@@ -178,9 +194,7 @@ def seen_through(frames: list[Frame], cube: TargetCube, resolution: int) -> np.n
     for frame in frames:
         if frame.depth is None:
             continue
-        uv, z = project(centres, frame.intrinsics, frame.camera_to_world)
-        on_object, seen = lookup_pixels(_silhouette(frame), uv, z > 0)
-        depth, _ = lookup_pixels(frame.depth, uv, seen)
+        z, seen, on_object, depth = sample_view(frame, centres)
         through |= seen & on_object & (depth > 0) & (z < depth - voxel)
     return through.reshape((resolution,) * 3)
 
