@@ -422,3 +422,17 @@ def test_hidden_gap_filling_is_reported_and_a_negative_radius_refused(one_sided_
     bad = replace(settings, backend_options={"hidden_gap_voxels": -1})
     with pytest.raises(ValueError, match="hidden_gap_voxels must be 0"):
         reconstruct_frames(frames, bad)
+
+
+def test_the_free_space_margin_is_reported_and_a_margin_of_zero_refused(one_sided_can) -> None:
+    frames, _ = one_sided_can
+    settings = ReconstructSettings(
+        backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
+    )
+    assert reconstruct_frames(frames, settings)[0].extras["free_margin_voxels"] == 1.0
+    wide = replace(settings, backend_options={"steps": 4, "free_margin_voxels": 4})
+    assert reconstruct_frames(frames, wide)[0].extras["free_margin_voxels"] == 4.0
+    for margin in (0, -1):
+        bad = replace(settings, backend_options={"free_margin_voxels": margin})
+        with pytest.raises(ValueError, match="free_margin_voxels must be above 0"):
+            reconstruct_frames(frames, bad)

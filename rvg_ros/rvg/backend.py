@@ -31,7 +31,12 @@ from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import OBSERVED_CONFIDENCE, finish_mesh, sample_cloud
 from rvg_ros.core.types import CaptureSet, Frame, Reconstruction, ReconstructionError
 from rvg_ros.rvg.confidence import generated_confidence, vertex_spread
-from rvg_ros.rvg.decode import HIDDEN_GAP_VOXELS, MIN_WALL_VOXELS, decode_surface
+from rvg_ros.rvg.decode import (
+    FREE_MARGIN_VOXELS,
+    HIDDEN_GAP_VOXELS,
+    MIN_WALL_VOXELS,
+    decode_surface,
+)
 from rvg_ros.rvg.fine_sample import FineSample
 from rvg_ros.rvg.generate import (
     CoarseConfig,
@@ -100,6 +105,8 @@ class RVGSettings:
     start_time: float | None = None
     # Thickness (fine voxels) behind a measured surface before the generator decides.
     min_wall_voxels: float = MIN_WALL_VOXELS
+    # How far in front of a measured depth (fine voxels) the views' free space starts carving.
+    free_margin_voxels: float = FREE_MARGIN_VOXELS
     # Gaps narrower than a ball of this radius (fine voxels) in space no view saw free are
     # filled (decode.hidden_gaps); 0 = off.
     hidden_gap_voxels: int = HIDDEN_GAP_VOXELS
@@ -180,6 +187,9 @@ class RVGBackend:
             sample_seed=None if extra.get("sample_seed") is None else int(extra["sample_seed"]),
             start_time=None if extra.get("start_time") is None else float(extra["start_time"]),
             min_wall_voxels=float(extra.get("min_wall_voxels", RVGSettings.min_wall_voxels)),
+            free_margin_voxels=float(
+                extra.get("free_margin_voxels", RVGSettings.free_margin_voxels)
+            ),
             hidden_gap_voxels=int(extra.get("hidden_gap_voxels", RVGSettings.hidden_gap_voxels)),
             open_top_voxels=int(extra.get("open_top_voxels", RVGSettings.open_top_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
@@ -196,6 +206,11 @@ class RVGBackend:
                 raise ValueError(
                     f"rvg option {name} must be 0 (off) or more; got {getattr(self.settings, name)}"
                 )
+        if self.settings.free_margin_voxels <= 0:
+            raise ValueError(
+                "rvg option free_margin_voxels must be above 0 (at 0 a depth measurement would "
+                f"carve its own surface); got {self.settings.free_margin_voxels}"
+            )
         if self.settings.fine_oracle and not self.settings.occupancy_oracle:
             raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
 
@@ -303,6 +318,7 @@ class RVGBackend:
                 min_wall_voxels=s.min_wall_voxels,
                 fine_sdf=fine_sdf,
                 hidden_gap_voxels=s.hidden_gap_voxels,
+                free_margin_voxels=s.free_margin_voxels,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -345,6 +361,7 @@ class RVGBackend:
                 "cube_side": prior.cube.side,
                 "hidden_gap_voxels": s.hidden_gap_voxels,
                 "open_top_voxels": s.open_top_voxels,
+                "free_margin_voxels": s.free_margin_voxels,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
                 **({"fine_oracle": True} if s.fine_oracle else {}),
