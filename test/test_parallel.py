@@ -182,9 +182,14 @@ def test_seen_free_field_changes_no_surface_voxel_the_full_field_would_give() ->
     inside (all marching cubes reads), and elsewhere leave the SDF outside."""
     from test_rvg_symmetry import _box_capture
 
-    from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS
     from rvg_ros.core.backends.hull import carve
-    from rvg_ros.rvg.decode import SEEN_FREE_SIGMA, lattice, lattice_points, seen_free_field
+    from rvg_ros.rvg.decode import (
+        FREE_MARGIN_VOXELS,
+        SEEN_FREE_SIGMA,
+        lattice,
+        lattice_points,
+        seen_free_field,
+    )
 
     _, capture = _box_capture()
     cube = TargetCube(center=np.array([0.02, 0.0, 0.035]), side=0.2)
@@ -195,7 +200,7 @@ def test_seen_free_field_changes_no_surface_voxel_the_full_field_would_give() ->
     centre = cube.center + [0.0, 0.0, 0.01]
     sdf = np.clip((np.linalg.norm(points - centre, axis=1) - 0.07) / (4 * voxel), -1, 1)
     sdf = sdf.reshape((size,) * 3)
-    consistent = carve(capture.frames, points, TRUNCATION_VOXELS * voxel, lambda f: None)
+    consistent = carve(capture.frames, points, FREE_MARGIN_VOXELS * voxel, lambda f: None)
     smooth = gaussian_filter(consistent.reshape(sdf.shape).astype(np.float32), SEEN_FREE_SIGMA)
     full = np.maximum(sdf, np.clip(1.0 - 2.0 * smooth, -1.0, 1.0))
     fast = np.maximum(sdf, seen_free_field(sdf, capture.frames, points, voxel))

@@ -411,28 +411,29 @@ def test_the_inside_fill_leaves_an_open_cups_hidden_bottom_but_not_a_closed_can(
         reconstruct_frames(render_frames(obj.mesh, poses[:2], k), bad)
 
 
-def test_hidden_gap_filling_is_reported_and_a_negative_radius_refused(one_sided_can) -> None:
+@pytest.mark.parametrize(
+    ("option", "default", "other", "refused", "message"),
+    [
+        ("hidden_gap_voxels", 2, 0, (-1,), "hidden_gap_voxels must be 0"),
+        ("free_margin_voxels", 1.0, 4.0, (0, -1), "free_margin_voxels must be above 0"),
+    ],
+)
+def test_decode_options_are_reported_and_bad_values_refused(
+    one_sided_can,
+    option: str,
+    default: float,
+    other: float,
+    refused: tuple[float, ...],
+    message: str,
+) -> None:
     frames, _ = one_sided_can
     settings = ReconstructSettings(
         backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
     )
-    assert reconstruct_frames(frames, settings)[0].extras["hidden_gap_voxels"] == 2
-    off = replace(settings, backend_options={"steps": 4, "hidden_gap_voxels": 0})
-    assert reconstruct_frames(frames, off)[0].extras["hidden_gap_voxels"] == 0
-    bad = replace(settings, backend_options={"hidden_gap_voxels": -1})
-    with pytest.raises(ValueError, match="hidden_gap_voxels must be 0"):
-        reconstruct_frames(frames, bad)
-
-
-def test_the_free_space_margin_is_reported_and_a_margin_of_zero_refused(one_sided_can) -> None:
-    frames, _ = one_sided_can
-    settings = ReconstructSettings(
-        backend="rvg", resolution=64, cloud_points=2000, backend_options={"steps": 4}
-    )
-    assert reconstruct_frames(frames, settings)[0].extras["free_margin_voxels"] == 1.0
-    wide = replace(settings, backend_options={"steps": 4, "free_margin_voxels": 4})
-    assert reconstruct_frames(frames, wide)[0].extras["free_margin_voxels"] == 4.0
-    for margin in (0, -1):
-        bad = replace(settings, backend_options={"free_margin_voxels": margin})
-        with pytest.raises(ValueError, match="free_margin_voxels must be above 0"):
+    assert reconstruct_frames(frames, settings)[0].extras[option] == default
+    changed = replace(settings, backend_options={"steps": 4, option: other})
+    assert reconstruct_frames(frames, changed)[0].extras[option] == other
+    for value in refused:
+        bad = replace(settings, backend_options={option: value})
+        with pytest.raises(ValueError, match=message):
             reconstruct_frames(frames, bad)
