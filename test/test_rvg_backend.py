@@ -416,6 +416,7 @@ def test_the_inside_fill_leaves_an_open_cups_hidden_bottom_but_not_a_closed_can(
     [
         ("hidden_gap_voxels", 2, 0, (-1,), "hidden_gap_voxels must be 0"),
         ("free_margin_voxels", 1.0, 4.0, (0, -1), "free_margin_voxels must be above 0"),
+        ("close_holes", True, False, (), ""),
     ],
 )
 def test_decode_options_are_reported_and_bad_values_refused(

@@ -107,6 +107,9 @@ class RVGSettings:
     min_wall_voxels: float = MIN_WALL_VOXELS
     # How far in front of a measured depth (fine voxels) the views' free space starts carving.
     free_margin_voxels: float = FREE_MARGIN_VOXELS
+    # With depth: a measured point the surface lost (a sub-voxel wall carved from both sides)
+    # gets a solid voxel back (decode.measured_holes).
+    close_holes: bool = True
     # Gaps narrower than a ball of this radius (fine voxels) in space no view saw free are
     # filled (decode.hidden_gaps); 0 = off.
     hidden_gap_voxels: int = HIDDEN_GAP_VOXELS
@@ -190,6 +193,7 @@ class RVGBackend:
             free_margin_voxels=float(
                 extra.get("free_margin_voxels", RVGSettings.free_margin_voxels)
             ),
+            close_holes=bool(extra.get("close_holes", RVGSettings.close_holes)),
             hidden_gap_voxels=int(extra.get("hidden_gap_voxels", RVGSettings.hidden_gap_voxels)),
             open_top_voxels=int(extra.get("open_top_voxels", RVGSettings.open_top_voxels)),
             fine=fine_mode(extra.get("fine", RVGSettings.fine)),
@@ -319,6 +323,7 @@ class RVGBackend:
                 fine_sdf=fine_sdf,
                 hidden_gap_voxels=s.hidden_gap_voxels,
                 free_margin_voxels=s.free_margin_voxels,
+                close_measured_holes=s.close_holes,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -362,6 +367,7 @@ class RVGBackend:
                 "hidden_gap_voxels": s.hidden_gap_voxels,
                 "open_top_voxels": s.open_top_voxels,
                 "free_margin_voxels": s.free_margin_voxels,
+                "close_holes": s.close_holes,
                 "symmetry": symmetry.kind if symmetry is not None else "none",
                 **({"occupancy_oracle": s.occupancy_oracle} if s.occupancy_oracle else {}),
                 **({"fine_oracle": True} if s.fine_oracle else {}),
