@@ -348,13 +348,14 @@ def test_a_thin_wall_seen_from_both_sides_is_carved_to_its_faces() -> None:
 
 
 def test_a_hole_in_a_measured_wall_is_closed_but_not_a_lone_measurement() -> None:
-    # A camera measures a 0.3 mm plate (x = 0) densely (0.5 mm pixels). The field on a 1 mm
+    # Two cameras measure a 0.3 mm plate (x = 0) densely (0.5 mm pixels). The field on a 1 mm
     # lattice has it as a sheet of solid voxels with a 10 mm hole punched in it: what carving a
     # wall thinner than a voxel from both sides leaves.
     plate = trimesh.creation.box(extents=(0.0003, 0.06, 0.06))
     centre = np.array([0.0, 0.0, 0.0])
     k = Intrinsics(500.0, 500.0, 191.5, 191.5, 384, 384)
-    frames = render_frames(plate, [look_at(centre + [0.25, 0.0, 0.0], centre)], k)
+    eyes = [centre + [0.25, 0.03, 0.02], centre + [0.25, -0.03, -0.02]]
+    frames = render_frames(plate, [look_at(eye, centre) for eye in eyes], k)
     voxel, size = 0.001, 80
     origin = np.array([-0.010, -0.040, -0.040])
     sdf = np.ones((size,) * 3, np.float32)
@@ -365,6 +366,8 @@ def test_a_hole_in_a_measured_wall_is_closed_but_not_a_lone_measurement() -> Non
     assert holes.sum() == holes[10, 35:45, 35:45].sum()  # and nothing else
     # Nothing solid within reach: a lone measurement, not a hole in a wall.
     assert not measured_holes(np.ones_like(sdf), frames, origin, voxel).any()
+    # One view alone off the surface is not enough: a noisy point is not a hole.
+    assert not measured_holes(sdf, frames[:1], origin, voxel).any()
 
 
 def test_narrow_hidden_gaps_are_filled_but_not_seen_free_space_or_wide_openings() -> None:

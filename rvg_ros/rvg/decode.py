@@ -222,10 +222,14 @@ def hidden_gaps(solid: np.ndarray, free: np.ndarray, radius: int) -> np.ndarray:
 # field there (trilinear, as marching cubes reads it) is outside by more than
 # HOLE_TOLERANCE_VOXELS; with solid within HOLE_REACH_VOXELS it is a hole in a wall
 # (``measured_holes``). The voxel that closes it is set HOLE_DEPTH_VOXELS inside: a thin sheet
-# through the voxel, so the surface stays on the measurement. All in fine voxels.
+# through the voxel, so the surface stays on the measurement. All in fine voxels. Only voxels
+# asked for by points of HOLE_MIN_VIEWS views: with RealSense-like depth noise, single points
+# off the surface made blobs (YCB dev seen accuracy 0.570 -> 0.624 mm with any one view, 0.570
+# with two).
 HOLE_TOLERANCE_VOXELS = 1.0
 HOLE_REACH_VOXELS = 2
 HOLE_DEPTH_VOXELS = 0.5
+HOLE_MIN_VIEWS = 2
 
 
 def measured_holes(
@@ -234,8 +238,9 @@ def measured_holes(
     """Lattice voxels to make solid so that every measured depth point is on the surface (see
     HOLE_TOLERANCE_VOXELS): of the cell around each point left off it, the corner nearest to
     the point that is not solid yet, where solid lies within ``HOLE_REACH_VOXELS`` (a hole in a
-    wall, not a measurement far from everything). Repeated, so a wide hole closes from its rim
-    inwards. ``sdf`` is normalised by the truncation.
+    wall, not a measurement far from everything) and points of ``HOLE_MIN_VIEWS`` views agree.
+    Repeated, so a wide hole closes from its rim inwards. ``sdf`` is normalised by the
+    truncation.
 
     A wall thinner than a voxel (the YCB bowl's, 1-1.5 mm at 1.7 mm voxels) carved by free
     space from both sides keeps no lattice point inside it in places, or only points touching
@@ -246,8 +251,10 @@ def measured_holes(
     out = np.zeros(sdf.shape, dtype=bool)
     if not points:
         return out
+    view = np.concatenate([np.full(len(p), i) for i, p in enumerate(points)])
     grid = (np.concatenate(points) - origin) / voxel
-    grid = grid[np.all((grid >= 0) & (grid < size - 1), axis=1)]
+    inside = np.all((grid >= 0) & (grid < size - 1), axis=1)
+    grid, view = grid[inside], view[inside]
     corners = np.floor(grid).astype(np.int64)[:, None, :] + np.array(list(np.ndindex(2, 2, 2)))
     nearest = tuple(np.round(grid).astype(np.int64).T)
     sdf = sdf.copy()
@@ -262,6 +269,13 @@ def measured_holes(
         distance[corner_solid[hole]] = np.inf
         open_corner = np.isfinite(distance.min(axis=1))
         pick = corners[hole][np.arange(int(hole.sum())), np.argmin(distance, axis=1)][open_corner]
+        if HOLE_MIN_VIEWS > 1 and len(pick):
+            # A voxel only where points of HOLE_MIN_VIEWS views ask for it: a noisy point
+            # alone off the surface is not a hole.
+            flat = np.ravel_multi_index(pick.T, sdf.shape)
+            pairs = np.unique(np.stack([flat, view[hole][open_corner]], axis=1), axis=0)
+            voxels, views = np.unique(pairs[:, 0], return_counts=True)
+            pick = np.stack(np.unravel_index(voxels[views >= HOLE_MIN_VIEWS], sdf.shape), axis=1)
         if len(pick) == 0:
             break
         out[pick[:, 0], pick[:, 1], pick[:, 2]] = True
