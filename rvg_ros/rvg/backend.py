@@ -323,7 +323,7 @@ class RVGBackend:
                 fine_sdf=fine_sdf,
                 hidden_gap_voxels=s.hidden_gap_voxels,
                 free_margin_voxels=s.free_margin_voxels,
-                close_measured_holes=s.close_holes,
+                close_holes=s.close_holes,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")

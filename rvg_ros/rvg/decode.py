@@ -230,6 +230,8 @@ HOLE_TOLERANCE_VOXELS = 1.0
 HOLE_REACH_VOXELS = 2
 HOLE_DEPTH_VOXELS = 0.5
 HOLE_MIN_VIEWS = 2
+# That depth as the field's value (normalised by the truncation).
+HOLE_SDF = -HOLE_DEPTH_VOXELS / TRUNCATION_VOXELS
 
 
 def measured_holes(
@@ -269,17 +271,16 @@ def measured_holes(
         distance[corner_solid[hole]] = np.inf
         open_corner = np.isfinite(distance.min(axis=1))
         pick = corners[hole][np.arange(int(hole.sum())), np.argmin(distance, axis=1)][open_corner]
-        if HOLE_MIN_VIEWS > 1 and len(pick):
-            # A voxel only where points of HOLE_MIN_VIEWS views ask for it: a noisy point
-            # alone off the surface is not a hole.
-            flat = np.ravel_multi_index(pick.T, sdf.shape)
-            pairs = np.unique(np.stack([flat, view[hole][open_corner]], axis=1), axis=0)
-            voxels, views = np.unique(pairs[:, 0], return_counts=True)
-            pick = np.stack(np.unravel_index(voxels[views >= HOLE_MIN_VIEWS], sdf.shape), axis=1)
-        if len(pick) == 0:
+        # A voxel only where points of HOLE_MIN_VIEWS views ask for it: a noisy point alone
+        # off the surface is not a hole.
+        flat = np.ravel_multi_index(pick.T, sdf.shape)
+        pairs = np.unique(np.stack([flat, view[hole][open_corner]], axis=1), axis=0)
+        voxels, views = np.unique(pairs[:, 0], return_counts=True)
+        voxels = voxels[views >= HOLE_MIN_VIEWS]
+        if len(voxels) == 0:
             break
-        out[pick[:, 0], pick[:, 1], pick[:, 2]] = True
-        sdf[out] = np.minimum(sdf[out], -HOLE_DEPTH_VOXELS / TRUNCATION_VOXELS)
+        out.flat[voxels] = True
+        sdf.flat[voxels] = np.minimum(sdf.flat[voxels], HOLE_SDF)
     return out
 
 
@@ -323,7 +324,7 @@ def decode_surface(
     fine_sdf: np.ndarray | None = None,
     hidden_gap_voxels: int = HIDDEN_GAP_VOXELS,
     free_margin_voxels: float = FREE_MARGIN_VOXELS,
-    close_measured_holes: bool = True,
+    close_holes: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
     (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
@@ -365,9 +366,9 @@ def decode_surface(
         gaps = hidden_gaps(sdf <= 0.0, free, hidden_gap_voxels)
         # Inside by half the band, so marching cubes puts the new surface between voxels.
         sdf = np.where(gaps, np.minimum(sdf, -0.5), sdf)
-        if close_measured_holes:
+        if close_holes:
             holes = measured_holes(sdf, frames, origin, voxel)
-            sdf = np.where(holes, np.minimum(sdf, -HOLE_DEPTH_VOXELS / TRUNCATION_VOXELS), sdf)
+            sdf = np.where(holes, np.minimum(sdf, HOLE_SDF), sdf)
         if support_plane is not None:
             # Intersect with the half-space above the support: a flat bottom where it rests.
             height = points @ support_plane[:3] + support_plane[3]
