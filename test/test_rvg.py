@@ -435,8 +435,10 @@ def test_fine_sdf_is_the_generated_shape_where_nothing_was_measured(sphere_views
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
     fine_sdf = np.linalg.norm(grid - unit_centre, axis=-1) - radius / cube.side
 
-    def back_error(fine: np.ndarray | None) -> tuple[float, float]:
-        vertices, _, voxel = decode_surface(coarse, cube, frames, 96, use_depth=True, fine_sdf=fine)
+    def back_error(fine: np.ndarray | None, weight: float = 1.0) -> tuple[float, float]:
+        vertices, _, voxel = decode_surface(
+            coarse, cube, frames, 96, use_depth=True, fine_sdf=fine, fine_weight=weight
+        )
         r = np.linalg.norm(vertices - centre, axis=1)
         eye = frames[0].camera_to_world[:3, 3]
         facing = (vertices - centre) @ (eye - centre) / (r * np.linalg.norm(eye - centre))
@@ -450,6 +452,12 @@ def test_fine_sdf_is_the_generated_shape_where_nothing_was_measured(sphere_views
     assert back_fine < 0.5, back_fine  # the back is the fine stage's sphere
     assert back_coarse > 3.0, back_coarse  # ...where the coarse box would have put it
     assert front_fine < 0.5 and front_coarse < 0.5  # the measured front: fusion's, both times
+    # Weighed half and half with the coarse box, the back lies between the two shapes, nearer
+    # the sphere: the box's distance saturates at half a coarse voxel (measured: 3.0 voxels
+    # out, against 14.7 for the box alone); weight 0 is the coarse shape exactly.
+    back_half, front_half = back_error(fine_sdf, 0.5)
+    assert back_fine < back_half < back_coarse and front_half < 0.5, back_half
+    assert back_error(fine_sdf, 0.0) == (back_coarse, front_coarse)
 
 
 def test_a_slit_in_the_hidden_inside_is_filled_by_decode(sphere_views) -> None:

@@ -214,6 +214,17 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert raw.mesh.vertices.shape != smoothed.mesh.vertices.shape or not np.allclose(
         raw.mesh.vertices, smoothed.mesh.vertices
     )
+    # It is averaged with the coarse shape by default with depth only; an explicit value wins,
+    # and one outside [0, 1] is refused.
+    assert smoothed.extras["fine_weight"] == 0.5 and without_depth.extras["fine_weight"] == 1.0
+    alone, _ = reconstruct_frames(frames, settings({"fine_weight": 1}))
+    assert alone.extras["fine_weight"] == 1.0
+    assert alone.mesh.vertices.shape != smoothed.mesh.vertices.shape or not np.allclose(
+        alone.mesh.vertices, smoothed.mesh.vertices
+    )
+    for weight in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="fine_weight must be in"):
+            reconstruct_frames(frames, settings({"fine_weight": weight}))
     # Its generated vertices take the calibration without depth.
     # Silhouette-backed ("observed") vertices take their calibrated share, not 1.0, and the
     # result still says which they are (preview, observed_fraction).
@@ -241,12 +252,13 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])
 
 
-def test_the_spread_compares_two_draws_smoothed_alike(
+def test_the_spread_compares_two_draws_smoothed_and_weighed_alike(
     tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With depth the fine SDF is smoothed before decode; the second draw, whose |SDF| at the
-    mesh's vertices is the spread, must be smoothed the same, or the smoothing itself would
-    read as disagreement between the draws."""
+    """With depth the fine SDF is smoothed and averaged with the coarse shape before decode;
+    the second draw, whose generated shape's |distance| at the mesh's vertices is the spread,
+    must be treated the same, or the smoothing and the weighting would read as disagreement
+    between the draws."""
     import shutil
 
     from scipy.ndimage import gaussian_filter
@@ -263,12 +275,14 @@ def test_the_spread_compares_two_draws_smoothed_alike(
     FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
     draws: list[np.ndarray] = []
     cubes = []
+    occupancies = []
     real_generate_fine = backend_module.generate_fine
 
-    def recording_generate_fine(model, prior, *args, **kwargs):  # the real sampler, recorded
-        sample, sdf = real_generate_fine(model, prior, *args, **kwargs)
+    def recording_generate_fine(model, prior, occupancy, *args, **kwargs):  # the real one
+        sample, sdf = real_generate_fine(model, prior, occupancy, *args, **kwargs)
         draws.append(sdf.copy())
         cubes.append(prior.cube)
+        occupancies.append(occupancy)
         return sample, sdf
 
     monkeypatch.setattr(backend_module, "generate_fine", recording_generate_fine)
@@ -282,13 +296,18 @@ def test_the_spread_compares_two_draws_smoothed_alike(
     )
     result, _ = reconstruct_frames(frames, settings)
     assert len(draws) == 2 and result.extras["fine_smoothing"] == 4.0
-    cube = cubes[1]
+    assert result.extras["fine_weight"] == 0.5
+    cube, occupancy = cubes[1], occupancies[1]
     vertices = result.mesh.vertices
-    expected = vertex_spread(gaussian_filter(draws[1], 4.0), cube, vertices)
+    smoothed = gaussian_filter(draws[1], 4.0)
+    expected = vertex_spread(smoothed, cube, vertices, occupancy, 0.5)
     assert np.allclose(result.extras["vertex_spread"], expected, atol=1e-5)
     # Unsmoothed, the second draw disagrees with the smoothed mesh by more.
-    unsmoothed = vertex_spread(draws[1], cube, vertices)
+    unsmoothed = vertex_spread(draws[1], cube, vertices, occupancy, 0.5)
     assert np.median(unsmoothed) > np.median(expected)
+    # The weighting is applied: alone, the second draw's SDF reads differently.
+    alone = vertex_spread(smoothed, cube, vertices, occupancy, 1.0)
+    assert not np.allclose(alone, expected, atol=1e-3)
 
 
 def test_shipped_fine_weights_load_and_complete_an_unseen_object(one_sided_can) -> None:

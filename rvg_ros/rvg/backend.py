@@ -133,6 +133,10 @@ class RVGSettings:
     # CD-L2 20.3 vs 18.8): there the silhouettes, not a TSDF, bound the field, and smoothing
     # rounds away what the fine stage adds.
     fine_smoothing: float | None = None
+    # Weight of the fine SDF against the coarse occupancy's distance in the generated shape
+    # (decode.generated_distance; 1 = the fine SDF alone, 0 = part 1's shape). None: 0.5
+    # with depth, 1 without (FINE_WEIGHT_WITH_DEPTH).
+    fine_weight: float | None = None
     # Fine samples drawn for the confidence of generated vertices (rvg/confidence.py): 2 adds
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
@@ -147,6 +151,15 @@ class RVGSettings:
 FINE_MODES = (True, False, "auto", "no_depth")
 # The fine SDF's default smoothing (fine voxels) for captures with depth (RVGSettings).
 FINE_SMOOTHING_WITH_DEPTH = 4.0
+# The fine SDF's default weight against the coarse distance for captures with depth. YCB dev,
+# 4 one-sided RGB-D views (session 14): alone (1) the fine stage cost seen accuracy where it
+# contradicts part 1's shape right next to the measured surface: a lip one TSDF band thick
+# over a corner it rounded off (Rubik's cube 0.257 -> 0.289 mm, toy airplane 0.92 -> 1.03), a
+# floor over the cups' hidden bottom (0.557 -> 0.596), so 0.489 mm against part 1's 0.480.
+# The mean of the two (0.5) keeps its gains where the coarse shape bulged (clamp 0.629 ->
+# 0.594) and damps the rest: 0.479 mm (seeds 0/1/2: 0.480 +- 0.002; part 1 0.481 +- 0.001).
+# Without depth the fine stage alone is the better shape (the silhouettes bound it), so 1.
+FINE_WEIGHT_WITH_DEPTH = 0.5
 
 
 def fine_mode(value: object) -> bool | str:
@@ -201,6 +214,7 @@ class RVGBackend:
             fine_smoothing=None
             if extra.get("fine_smoothing") is None
             else float(extra["fine_smoothing"]),
+            fine_weight=None if extra.get("fine_weight") is None else float(extra["fine_weight"]),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
@@ -214,6 +228,11 @@ class RVGBackend:
             raise ValueError(
                 "rvg option free_margin_voxels must be above 0 (at 0 a depth measurement would "
                 f"carve its own surface); got {self.settings.free_margin_voxels}"
+            )
+        if self.settings.fine_weight is not None and not 0.0 <= self.settings.fine_weight <= 1.0:
+            raise ValueError(
+                "rvg option fine_weight must be in [0, 1] (1: the fine SDF alone, 0: the coarse "
+                f"shape alone); got {self.settings.fine_weight}"
             )
         if self.settings.fine_oracle and not self.settings.occupancy_oracle:
             raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
@@ -271,6 +290,7 @@ class RVGBackend:
         fine_sdf: np.ndarray | None = None
         second_sdf: np.ndarray | None = None
         smoothing = self.fine_smoothing(prior.use_depth)
+        fine_weight = self.fine_weight(prior.use_depth)
         if fine_model is not None:
             samples = s.confidence_samples
             with timer.stage("fine") as sub:
@@ -324,6 +344,7 @@ class RVGBackend:
                 hidden_gap_voxels=s.hidden_gap_voxels,
                 free_margin_voxels=s.free_margin_voxels,
                 close_holes=s.close_holes,
+                fine_weight=fine_weight,
             )
         if len(triangles) == 0:
             raise ReconstructionError("rvg produced an empty surface")
@@ -334,7 +355,9 @@ class RVGBackend:
             if fine is not None:
                 observed = mesh.vertex_confidence >= OBSERVED_CONFIDENCE
                 if second_sdf is not None:
-                    spread = vertex_spread(second_sdf, prior.cube, mesh.vertices)
+                    spread = vertex_spread(
+                        second_sdf, prior.cube, mesh.vertices, occupancy, fine_weight
+                    )
                 mesh.vertex_confidence = generated_confidence(
                     mesh.vertex_confidence,
                     mesh.vertices,
@@ -376,7 +399,7 @@ class RVGBackend:
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
-                **self._fine_report(fine, smoothing),
+                **self._fine_report(fine, smoothing, fine_weight),
                 # In-process only (result.json keeps scalars): for rvg/confidence.py.
                 **({"vertex_spread": spread} if spread is not None else {}),
                 **({"vertex_observed": observed} if observed is not None else {}),
@@ -389,6 +412,13 @@ class RVGBackend:
         if self.settings.fine_smoothing is not None:
             return self.settings.fine_smoothing
         return FINE_SMOOTHING_WITH_DEPTH if use_depth else 0.0
+
+    def fine_weight(self, use_depth: bool) -> float:
+        """The fine SDF's weight in the generated shape (``RVGSettings.fine_weight``; None: by
+        modality)."""
+        if self.settings.fine_weight is not None:
+            return self.settings.fine_weight
+        return FINE_WEIGHT_WITH_DEPTH if use_depth else 1.0
 
     def prior(
         self, capture: CaptureSet, virtual: list[Frame], config: ModelConfig
@@ -425,7 +455,9 @@ class RVGBackend:
             start_time=s.start_time or default_start_time(use_depth),
         )
 
-    def _fine_report(self, fine: FineSample | None, smoothing: float) -> dict[str, object]:
+    def _fine_report(
+        self, fine: FineSample | None, smoothing: float, weight: float
+    ) -> dict[str, object]:
         """What the fine stage did, for result.json: active voxels, steps, and per compensated
         step the per-view rendering losses before and after RVC."""
         if fine is None:
@@ -437,6 +469,7 @@ class RVGBackend:
             "fine_steps": f.steps,
             "fine_cfg_scale": f.cfg_scale,
             "fine_smoothing": smoothing,
+            "fine_weight": weight,
             "rvc": f.rvc,
         }
         if f.rvc:

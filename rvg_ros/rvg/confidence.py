@@ -35,12 +35,14 @@ DISTANCE_EDGES = (4.0, 8.0, 16.0)  # fine voxels from the nearest observed verte
 SPREAD_EDGES = (0.5, 1.0, 2.0)  # fine voxels between the two samples' surfaces
 # Calibrated (module docstring): P(within tolerance) per distance bin, and per (distance,
 # spread) bin, from ``results/rvg_confidence/calibration.json`` (12 held-out procedural objects,
-# 4 one-sided RGB-D views, the shipped weights and session 12's pipeline: decode's gap filling,
-# the fine SDF smoothed with depth; 126k generated vertices; session 5's table, before those,
-# was 0.830 / 0.462 / 0.495 / 0.293). Observed vertices: 1.00. The spread does not order good
-# and bad generated vertices within a distance bin (nearest bin: 0.83, 0.85, 0.92, 0.84 from
-# the smallest spread to the largest), so one sample is the default on every device.
-DISTANCE_CONFIDENCE = (0.869, 0.554, 0.550, 0.341)
+# 4 one-sided RGB-D views, the shipped weights and session 14's pipeline: decode's free-space
+# margin and hole closing, the fine SDF smoothed and averaged with the coarse shape with depth;
+# 123k generated vertices; session 12's table was 0.869 / 0.554 / 0.550 / 0.341, session 5's
+# 0.830 / 0.462 / 0.495 / 0.293). Observed vertices: 1.00. The spread orders good and bad
+# generated vertices only at its largest bin (over 2 fine voxels: right 41 % of the time
+# against 66-76 % below, but 2 % of the vertices), so one sample is the default on every
+# device.
+DISTANCE_CONFIDENCE = (0.882, 0.584, 0.597, 0.351)
 # The same without depth, where the fine stage runs by default: ``--modality rgb``
 # (``results/rvg_confidence_rgb``, 8 objects, 4 one-sided RGB + mask views, 105k generated
 # vertices). Generation from silhouettes alone is far less sure away from what was seen.
@@ -50,19 +52,29 @@ DISTANCE_CONFIDENCE_RGB = (0.505, 0.286, 0.092, 0.001)
 # (``observed_within``), so they get that, not 1.0 (with depth: 100 %, they keep 1.0).
 OBSERVED_CONFIDENCE_RGB = 0.583
 SPREAD_CONFIDENCE = (
-    (0.828, 0.847, 0.924, 0.836),
-    (0.538, 0.579, 0.670, 0.387),
-    (0.538, 0.569, 0.577, 0.444),
-    (0.309, 0.304, 0.436, 0.381),
+    (0.900, 0.938, 0.807, 0.435),
+    (0.582, 0.693, 0.491, 0.375),
+    (0.597, 0.564, 0.678, 0.753),
+    (0.277, 0.448, 0.432, 0.383),
 )
 
 
-def vertex_spread(second_sdf: np.ndarray, cube: TargetCube, vertices: np.ndarray) -> np.ndarray:
-    """|SDF| of the second fine sample at each vertex, in fine voxels."""
-    from rvg_ros.rvg.decode import sample_sdf  # decode needs Open3D; this module does not
+def vertex_spread(
+    second_sdf: np.ndarray,
+    cube: TargetCube,
+    vertices: np.ndarray,
+    occupancy: np.ndarray,
+    fine_weight: float = 1.0,
+) -> np.ndarray:
+    """|signed distance| at each vertex, in fine voxels, of the generated shape the second fine
+    sample gives: its SDF weighed with the coarse ``occupancy`` as the mesh's was
+    (``decode.generated_distance``), or the weighting itself would read as disagreement."""
+    # decode needs Open3D; this module does not.
+    from rvg_ros.rvg.decode import generated_distance
 
     fine_voxel = cube.side / second_sdf.shape[0]
-    return np.abs(sample_sdf(second_sdf, cube, vertices)) / fine_voxel
+    distance = generated_distance(occupancy, cube, vertices, second_sdf, fine_weight)
+    return np.abs(distance) / fine_voxel
 
 
 def distance_to_observed(

@@ -77,15 +77,26 @@ def sample_sdf(sdf: np.ndarray, cube: TargetCube, points: np.ndarray) -> np.ndar
 
 
 def generated_distance(
-    occupancy: np.ndarray, cube: TargetCube, points: np.ndarray, fine_sdf: np.ndarray | None
+    occupancy: np.ndarray,
+    cube: TargetCube,
+    points: np.ndarray,
+    fine_sdf: np.ndarray | None,
+    fine_weight: float = 1.0,
 ) -> np.ndarray:
-    """Signed distance (metres, positive outside) of the generated shape at world points: the
-    fine SDF where given; else from the coarse occupancy p, as (0.5 - p) coarse voxels (p goes
-    1 -> 0 over about one coarse voxel, so the distance changes by that much)."""
-    if fine_sdf is not None:
+    """Signed distance (metres, positive outside) of the generated shape at world points.
+
+    From the coarse occupancy p, as (0.5 - p) coarse voxels (p goes 1 -> 0 over about one
+    coarse voxel, so the distance changes by that much). With the fine stage's SDF, the mean
+    of the two weighted by ``fine_weight`` (1: the fine SDF alone): both estimate the same
+    distance, the coarse one smooth but blocky, the fine one detailed but with the errors of a
+    small model (see FINE_WEIGHT_WITH_DEPTH in backend.py)."""
+    if fine_sdf is not None and fine_weight >= 1.0:
         return sample_sdf(fine_sdf, cube, points)
     coarse_voxel = cube.side / occupancy.shape[0]
-    return (0.5 - upsample_occupancy(occupancy, cube, points)) * coarse_voxel
+    coarse = (0.5 - upsample_occupancy(occupancy, cube, points)) * coarse_voxel
+    if fine_sdf is None or fine_weight <= 0.0:
+        return coarse
+    return fine_weight * sample_sdf(fine_sdf, cube, points) + (1.0 - fine_weight) * coarse
 
 
 def dense_tsdf(
@@ -325,19 +336,23 @@ def decode_surface(
     hidden_gap_voxels: int = HIDDEN_GAP_VOXELS,
     free_margin_voxels: float = FREE_MARGIN_VOXELS,
     close_holes: bool = True,
+    fine_weight: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
     (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
     nothing is generated below ``support_plane`` (a, b, c, d; positive above). ``fine_sdf``
-    (the fine stage's dense SDF in the cube, cube units) replaces the coarse ``occupancy`` as
-    the generated shape. With depth, gaps narrower than a ball of ``hidden_gap_voxels`` in
-    space no view saw free are filled (``hidden_gaps``)."""
+    (the fine stage's dense SDF in the cube, cube units) joins the coarse ``occupancy`` in the
+    generated shape with ``fine_weight`` (``generated_distance``). With depth, gaps narrower
+    than a ball of ``hidden_gap_voxels`` in space no view saw free are filled
+    (``hidden_gaps``)."""
     voxel = cube.side / resolution
     origin, size = lattice(cube, voxel)
     points = lattice_points(origin, size, voxel)
     # The generated field and the fused TSDFs are independent: on two cores when there are two.
     tasks: list[Callable[[], object]] = [
-        lambda: generated_distance(occupancy, cube, points, fine_sdf).reshape((size,) * 3)
+        lambda: generated_distance(occupancy, cube, points, fine_sdf, fine_weight).reshape(
+            (size,) * 3
+        )
     ]
     if use_depth:
         tasks.append(lambda: dense_tsdf(frames, origin, size, voxel, device))
