@@ -118,8 +118,9 @@ class RVGSettings:
     # "no_depth" (default): as "auto", but only for captures without depth. Measured on YCB dev
     # (docs/results.md, Table 2) with the shipped fine weights: without depth it beats part 1
     # (F@0.05 0.735 vs 0.704, CD-L2 18.8 vs 23.6 x10^-3, better on 16/18 objects); with depth it
-    # wins by little (session 11, SDF smoothed: F@0.05 0.968 vs 0.966, CD-L2 1.19 vs 1.29) for
-    # about 1.5 s more: there the measured surface already decides most of the shape.
+    # is level (session 14, averaged with the coarse shape: F@0.05 0.967 vs 0.966, CD-L2 1.21
+    # vs 1.27, seen accuracy 0.479 vs 0.480 mm) for about 1.5 s more: there the measured
+    # surface already decides most of the shape.
     fine: bool | str = "no_depth"
     # Its sampling and rendering-aware velocity compensation (options fine_steps,
     # fine_cfg_scale, rvc, rvc_strength, rvc_t_start, rvc_view_size, rvc_depth_view_size,
