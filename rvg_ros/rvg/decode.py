@@ -161,8 +161,8 @@ def seen_free_field(
     voxel: float,
     margin_voxels: float = FREE_MARGIN_VOXELS,
 ) -> np.ndarray:
-    """Normalised SDF of the space the views saw free (outside a silhouette, or in front of
-    the measured surface beyond the TSDF band): 1 there, -1 where nothing says free.
+    """Normalised SDF of the space the views saw free (outside a silhouette, or more than
+    ``margin_voxels`` in front of the measured surface): 1 there, -1 where nothing says free.
 
     Computed only where it can change the surface: it is maxed with ``sdf``, so it can only
     move a voxel outwards, and marching cubes reads only the corners of cells with a sign
@@ -370,7 +370,7 @@ def decode_surface(
             hint_tsdf, hint_weight = fused[1]
             sdf = measured_over(hint_tsdf, hint_weight, sdf, min_wall)
         # What the real views saw as free (outside a silhouette, or in front of the measured
-        # surface beyond the TSDF band) at the fine resolution: the coarse occupancy would
+        # surface beyond the free margin) at the fine resolution: the coarse occupancy would
         # otherwise bulge up to a coarse voxel past the silhouettes' edges. Applied after the
         # measurements: the band behind one view's surface used to override what another
         # view saw empty (bowl walls a band thick, hammer 0.67 vs 1.02 mm seen accuracy).
