@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rvg_ros.core.types import CaptureSet, Intrinsics, TargetCube
+from rvg_ros.rvg.fine_measured import LatticeTSDF
 from rvg_ros.rvg.fine_model import FineModel, FineModelConfig
 from rvg_ros.rvg.generate import (
     CoarseConfig,
@@ -98,3 +99,20 @@ def test_coarse_and_fine_generation_on_cuda_match_cpu(sphere_prior) -> None:
     assert len(sample.rvc_steps) == 3
     for step in sample.rvc_steps:
         assert step.before.shape == (1, len(frames)) and torch.isfinite(step.before).all()
+    # The measured entries (fine_measured) are fixed on CUDA as on the CPU. The sphere's TSDF
+    # is written analytically (fusing needs Open3D), measured on the cameras' side only.
+    cube, voxel = prior.cube, prior.cube.side / 64
+    origin = cube.center - cube.side / 2
+    axis = np.arange(65) * voxel
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1) + origin
+    centre = np.array([0.1, -0.05, 0.3])
+    tsdf = np.clip((np.linalg.norm(grid - centre, axis=-1) - 0.04) / (4 * voxel), -1.0, 1.0)
+    weight = (grid[..., 0] > centre[0] - 0.01).astype(np.float32)
+    measured = LatticeTSDF(tsdf.astype(np.float32), weight, origin, voxel, 4 * voxel)
+    known = {}
+    for device, model in (("cpu", fine_cpu), ("cuda", fine_gpu)):
+        known[device], _ = generate_fine(
+            model, prior, occ, frames, config, 0, device, measured=measured
+        )
+    assert known["cuda"].known_entries == known["cpu"].known_entries > 0
+    assert (known["cpu"].latent - known["cuda"].latent.cpu()).abs().max() < 0.05

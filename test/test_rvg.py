@@ -18,6 +18,7 @@ from rvg_ros.rvg.decode import (
     decode_surface,
     explain_silhouettes,
     hidden_gaps,
+    measure,
     measured_holes,
     measured_over,
 )
@@ -345,6 +346,29 @@ def test_a_thin_wall_seen_from_both_sides_is_carved_to_its_faces() -> None:
     # Measured: 0.49 voxel with a 1-voxel margin, 1.33 with the whole band (the old margin).
     assert face_error(1.0) < 0.7
     assert face_error(4.0) > 1.0
+
+
+def test_a_tsdf_fused_before_the_fine_stage_decodes_as_decode_would_fuse_it() -> None:
+    """``measure`` fuses the real views on decode's lattice once (the fine stage reads it);
+    decode given it makes the same surface as fusing them itself, and refuses one fused on
+    another lattice."""
+    box = trimesh.creation.box(extents=(0.04, 0.05, 0.03))
+    box.apply_translation([0.0, 0.0, 0.015])
+    centre = np.array([0.0, 0.0, 0.015])
+    k = Intrinsics(200.0, 200.0, 79.5, 79.5, 160, 160)
+    eyes = [centre + 0.3 * np.array([np.cos(a), np.sin(a), 0.6]) for a in np.radians([0, 70])]
+    frames = render_frames(box, [look_at(eye, centre) for eye in eyes], k)
+    cube = completion_cube(make_capture_set(frames))
+    coarse = (np.linalg.norm(voxel_centres(cube, 16), axis=1) < 0.03).reshape((16,) * 3)
+    coarse = coarse.astype(np.float32)
+    measured = measure(frames, cube, 64, "cpu")
+    assert measured.tsdf.shape == measured.weight.shape and (measured.weight > 0).mean() > 0.01
+    assert measured.truncation == 4 * measured.voxel and measured.voxel == cube.side / 64
+    own = decode_surface(coarse, cube, frames, 64, use_depth=True)
+    given = decode_surface(coarse, cube, frames, 64, use_depth=True, measured=measured)
+    assert np.array_equal(own[0], given[0]) and np.array_equal(own[1], given[1])
+    with pytest.raises(ValueError, match="not on this lattice"):
+        decode_surface(coarse, cube, frames, 48, use_depth=True, measured=measured)
 
 
 def test_a_hole_in_a_measured_wall_is_closed_but_not_a_lone_measurement() -> None:

@@ -13,7 +13,7 @@ import trimesh
 from rvg_ros.core.types import Intrinsics, TargetCube
 from rvg_ros.rvg.fine_data import MeshQuery, fine_targets
 from rvg_ros.rvg.fine_decode import decode_mesh, fine_field, rvc_decoder
-from rvg_ros.rvg.fine_latent import LatentConfig, active_voxels
+from rvg_ros.rvg.fine_latent import LatentConfig, active_voxels, sub_voxel_centres
 from rvg_ros.rvg.fine_model import FineModel, FineModelConfig, voxel_features
 from rvg_ros.rvg.fine_sample import FineSampleConfig, fine_velocity_fn, sample_fine
 from rvg_ros.rvg.fine_train import (
@@ -460,6 +460,101 @@ def test_sample_fine_for_one_object_with_and_without_rvc() -> None:
     c = sample_fine(model, occupancy, evidence, views, on, views_r)
     assert len(c.rvc_steps) == 2 and c.rvc_steps[0].before.shape == (1, 2)
     assert not torch.equal(a.latent, c.latent)
+
+
+def test_measured_entries_are_fixed_and_steer_the_rest_of_the_sample() -> None:
+    """``known_sdf`` (inpainting by replacement): the known SDF entries end exactly on their
+    values, with and without RVC; the others are generated from them (they change), and no
+    known entry at all is plain sampling, exactly."""
+    torch.manual_seed(0)
+    model = FineModel(TINY)
+    _randomise(model)
+    model.eval()
+    r = TINY_LATENT.resolution
+    occupancy = np.zeros((r,) * 3, np.float32)
+    occupancy[5:11, 5:11, 4:12] = 1.0
+    evidence = np.zeros((r,) * 3, np.uint8)
+    views = np.random.default_rng(0).normal(size=(3, 12, 32, 32)).astype(np.float32)
+    config = FineSampleConfig(steps=6, cfg_scale=3.0, seed=1)
+    plain = sample_fine(model, occupancy, evidence, views, config)
+    m, sdf = len(plain.coords), TINY_LATENT.sdf_channels
+    rng = np.random.default_rng(2)
+    mask = rng.random((m, sdf)) < 0.4
+    values = rng.uniform(-1.0, 1.0, (m, sdf)).astype(np.float32)
+    none = sample_fine(
+        model, occupancy, evidence, views, config, known_sdf=(np.zeros_like(mask), values)
+    )
+    assert torch.equal(none.latent, plain.latent) and none.known_entries == 0
+    fixed = sample_fine(model, occupancy, evidence, views, config, known_sdf=(mask, values))
+    assert fixed.known_entries == int(mask.sum())
+    latent = fixed.latent.numpy()
+    np.testing.assert_allclose(latent[:, :sdf][mask], values[mask], atol=1e-6)
+    free = np.ones_like(latent, dtype=bool)
+    free[:, :sdf] = ~mask
+    change = np.abs(latent - plain.latent.numpy())[free]
+    assert change.mean() > 1e-3  # the network saw the known entries
+    again = sample_fine(model, occupancy, evidence, views, config, known_sdf=(mask, values))
+    assert torch.equal(again.latent, fixed.latent)
+    # Under RVC too: the compensation moves the generated entries only.
+    cube = TargetCube(np.zeros(3), 1.0)
+    k = Intrinsics(30.0, 30.0, 11.5, 11.5, 24, 24)
+    cams = [camera_in_cube(k, look_at(np.array([1.5, 0.0, 0.8]), np.zeros(3)), cube)]
+    silhouette = torch.zeros(24, 24)
+    silhouette[6:18, 6:18] = 1.0
+    rvc = replace(
+        config,
+        rvc=RVCConfig(strength=0.1, max_view_loss=10.0, render=RenderConfig(coarse_samples=32)),
+    )
+    target = [View(cams[0], silhouette)]
+    compensated = sample_fine(
+        model, occupancy, evidence, views, rvc, target, known_sdf=(mask, values)
+    )
+    assert compensated.rvc_steps
+    np.testing.assert_allclose(compensated.latent.numpy()[:, :sdf][mask], values[mask], atol=1e-6)
+
+
+@pytest.mark.parametrize("truncation_voxels", [4.0, 2.0])
+def test_measured_latent_is_the_tsdf_where_decode_trusts_it(truncation_voxels: float) -> None:
+    """A plane measured over half the cube: the known entries are its SDF in latent units
+    (trilinear reads of a linear TSDF are exact), truncated ones +1 when the truncation
+    reaches the clip distance and unknown when it falls well short; nothing is known where no
+    view measured, or deeper behind the surface than the wall decode trusts."""
+    from rvg_ros.rvg.decode import lattice, lattice_points
+    from rvg_ros.rvg.fine_measured import LatticeTSDF, measured_sdf_latent
+
+    config = LatentConfig()
+    cube = TargetCube(center=CENTRE, side=SIDE)
+    voxel = 0.0015  # decode's lattice, near the fine voxel (1.5625 mm) as on YCB
+    truncation = truncation_voxels * voxel
+    origin, size = lattice(cube, voxel)
+    points = lattice_points(origin, size, voxel).reshape(size, size, size, 3)
+    z0 = CENTRE[2] + 0.013
+    tsdf = np.clip((points[..., 2] - z0) / truncation, -1.0, 1.0).astype(np.float32)
+    weight = (points[..., 0] > CENTRE[0]).astype(np.float32)
+    measured = LatticeTSDF(tsdf, weight, origin, voxel, truncation)
+    axis = (np.arange(config.resolution) + 0.5) / config.resolution - 0.5
+    # Every voxel within three coarse voxels of the plane (wider than the shell, to reach
+    # past the truncation).
+    height = cube.to_world(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1))[..., 2] - z0
+    coords = np.argwhere(np.abs(height) < 3 * cube.side / config.resolution)
+    min_wall = 0.5
+    mask, values = measured_sdf_latent(coords, config, cube, measured, min_wall)
+    assert mask.shape == values.shape == (len(coords), config.sdf_channels)
+    centres = cube.to_world(sub_voxel_centres(coords, config))
+    height, x = centres[..., 2] - z0, centres[..., 0] - CENTRE[0]
+    assert not mask[x < -voxel].any()
+    assert not mask[height < -min_wall * truncation - voxel].any()
+    trusted_band = (x > 2 * voxel) & (height > -min_wall * truncation + voxel)
+    linear = trusted_band & (height < truncation - voxel)
+    assert linear.sum() > 1000 and mask[linear].all()
+    clip = config.sdf_scale * cube.side
+    np.testing.assert_allclose(values[linear], np.clip(height[linear] / clip, -1, 1), atol=1e-5)
+    far = trusted_band & (height > truncation + voxel)
+    assert far.sum() > 1000
+    if truncation / clip >= 0.75:
+        assert mask[far].all() and np.all(values[far] == 1.0)
+    else:
+        assert not mask[far].any()
 
 
 def test_voxel_features_read_the_coarse_grids() -> None:

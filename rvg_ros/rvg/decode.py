@@ -31,6 +31,7 @@ from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import backproject_depth, lookup_pixels, project
 from rvg_ros.core.parallel import map_shared
 from rvg_ros.core.types import Frame, TargetCube
+from rvg_ros.rvg.fine_measured import LatticeTSDF
 
 # Thickness (fine voxels) a measured surface is given behind it before the generated
 # occupancy decides. The whole TSDF band by default: on YCB dev (4 one-sided RGB-D views)
@@ -118,6 +119,15 @@ def dense_tsdf(
     dense_t[i, j, k] = tsdf[keep]
     dense_w[i, j, k] = weight[keep]
     return dense_t, dense_w
+
+
+def measure(frames: list[Frame], cube: TargetCube, resolution: int, device: str) -> LatticeTSDF:
+    """The fused TSDF of ``frames`` on the lattice ``decode_surface`` uses for ``resolution``
+    (so it can be fused once, before the fine stage, and handed to decode)."""
+    voxel = cube.side / resolution
+    origin, size = lattice(cube, voxel)
+    tsdf, weight = dense_tsdf(frames, origin, size, voxel, device)
+    return LatticeTSDF(tsdf, weight, origin, voxel, TRUNCATION_VOXELS * voxel)
 
 
 def measured_over(
@@ -337,6 +347,7 @@ def decode_surface(
     free_margin_voxels: float = FREE_MARGIN_VOXELS,
     close_holes: bool = True,
     fine_weight: float = 1.0,
+    measured: LatticeTSDF | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """World vertices, triangles and the voxel size of the fine surface. ``hint_frames``
     (virtual views, e.g. from a symmetry) fill in where the real ``frames`` measured nothing;
@@ -344,7 +355,8 @@ def decode_surface(
     (the fine stage's dense SDF in the cube, cube units) joins the coarse ``occupancy`` in the
     generated shape with ``fine_weight`` (``generated_distance``). With depth, gaps narrower
     than a ball of ``hidden_gap_voxels`` in space no view saw free are filled
-    (``hidden_gaps``)."""
+    (``hidden_gaps``). ``measured``: the real frames' TSDF already fused on this lattice
+    (``measure``)."""
     voxel = cube.side / resolution
     origin, size = lattice(cube, voxel)
     points = lattice_points(origin, size, voxel)
@@ -355,7 +367,12 @@ def decode_surface(
         )
     ]
     if use_depth:
-        tasks.append(lambda: dense_tsdf(frames, origin, size, voxel, device))
+        if measured is not None:
+            if measured.tsdf.shape != (size,) * 3 or measured.voxel != voxel:
+                raise ValueError("measured TSDF is not on this lattice")
+            tasks.append(lambda: (measured.tsdf, measured.weight))
+        else:
+            tasks.append(lambda: dense_tsdf(frames, origin, size, voxel, device))
         if hint_frames:
             tasks.append(lambda: dense_tsdf(hint_frames, origin, size, voxel, device))
     if open3d_device(device).get_type() == o3c.Device.DeviceType.CPU:

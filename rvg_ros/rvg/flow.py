@@ -7,6 +7,7 @@ v = eps - x0, sampling integrates from t = 1 (noise) to t = 0 (data).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -70,6 +71,21 @@ def flow_matching_loss(
     return (weight * (v - (eps - x0)) ** 2).sum() / weight.sum()
 
 
+@dataclass(frozen=True)
+class Known:
+    """Entries of the sample a measurement fixes: inpainting by replacement (RePaint's, without
+    its resampling). After every step they are put back on their straight path from the start
+    noise, ``(1 - t) values + t noise``, so the sample ends on ``values`` there and the network
+    predicts the other entries from them at every step (attention sees the whole sample).
+    Written here: the flow is our own, so no library offers it for this sampler."""
+
+    mask: torch.Tensor  # bool, broadcastable to the sample's shape
+    values: torch.Tensor  # the sample's shape; read only where ``mask``
+
+    def apply(self, x: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
+        return torch.where(self.mask, (1.0 - t) * self.values + t * noise, x)
+
+
 @torch.no_grad()
 def sample_flow(
     velocity: VelocityFn,
@@ -81,19 +97,24 @@ def sample_flow(
     on_step: Callable[[int, int], None] | None = None,
     x_start: torch.Tensor | None = None,
     t_start: float = 1.0,
+    known: Known | None = None,
 ) -> torch.Tensor:
     """Euler integration from t=1 to t=0 with CFG: v = v_u + s (v_c - v_u).
 
     With ``cfg_scale == 1`` only the conditional branch runs (same result, half the cost).
     With ``x_start`` and ``t_start < 1`` the integration starts at ``t_start`` from
     ``(1 - t_start) x_start + t_start eps`` (SDEdit): the sample stays near ``x_start`` where
-    the model is unsure, and ``steps`` then counts the steps actually taken.
+    the model is unsure, and ``steps`` then counts the steps actually taken. ``known`` fixes
+    entries of the sample (``Known``); on ``device``.
     """
     if not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
-    x = torch.randn(shape, generator=generator, device="cpu").to(device)
+    noise = torch.randn(shape, generator=generator, device="cpu").to(device)
+    x = noise
     if x_start is not None and t_start < 1.0:
-        x = (1.0 - t_start) * x_start.to(device) + t_start * x
+        x = (1.0 - t_start) * x_start.to(device) + t_start * noise
+    if known is not None:
+        x = known.apply(x, noise, t_start)
     b = shape[0]
     times = torch.linspace(t_start, 0.0, steps + 1)
     keep = torch.zeros(b, dtype=torch.bool, device=device)
@@ -107,6 +128,8 @@ def sample_flow(
             v_cond, v_uncond = both[:b], both[b:]
             v = v_uncond + cfg_scale * (v_cond - v_uncond)
         x = x + (t_next - t) * v
+        if known is not None:
+            x = known.apply(x, noise, t_next)
         if on_step is not None:
             on_step(i + 1, steps)
     return x

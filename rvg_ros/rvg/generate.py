@@ -20,6 +20,8 @@ import torch
 
 from rvg_ros.core.types import Frame, ReconstructionError, TargetCube
 from rvg_ros.rvg.fine_decode import fine_field
+from rvg_ros.rvg.fine_latent import active_voxels
+from rvg_ros.rvg.fine_measured import LatticeTSDF, measured_sdf_latent
 from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel
 from rvg_ros.rvg.fine_sample import FineSample, FineSampleConfig, sample_fine
 from rvg_ros.rvg.flow import for_device, sample_flow
@@ -241,11 +243,20 @@ def generate_fine(
     seed: int,
     device: str,
     on_step: StepFn | None = None,
+    measured: LatticeTSDF | None = None,
+    min_wall: float = 1.0,
 ) -> tuple[FineSample, np.ndarray]:
     """The fine latents and their dense SDF ((R k)^3, cube units) for the coarse
     ``occupancy``. RVC renders into ``frames``: the real views only (the symmetric ones are
-    the symmetry's guess, not a measurement)."""
+    the symmetry's guess, not a measurement). With ``measured`` (the real views' TSDF) the
+    SDF entries it fixes are not generated (``fine_measured``; ``min_wall`` normalised, as
+    decode's)."""
     rvc, rvc_views = rvc_targets(config, prior.cube, frames, device) if config.rvc else (None, [])
+    known_sdf = None
+    if measured is not None:
+        lc = model.config.latent
+        coords = active_voxels(occupancy, lc.partial)
+        known_sdf = measured_sdf_latent(coords, lc, prior.cube, measured, min_wall)
     sample = sample_fine(
         model,
         occupancy,
@@ -255,6 +266,7 @@ def generate_fine(
         rvc_views,
         on_step=on_step,
         device=device,
+        known_sdf=known_sdf,
     )
     with torch.no_grad():
         field = fine_field(
