@@ -225,16 +225,18 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     for weight in (-0.1, 1.5):
         with pytest.raises(ValueError, match="fine_weight must be in"):
             reconstruct_frames(frames, settings({"fine_weight": weight}))
-    # With fine_measured the depth views' TSDF fixes part of the fine latent (fused once,
-    # before the fine stage); without depth there is nothing to fix.
-    assert smoothed.extras["fine_known_entries"] == 0 and not smoothed.extras["fine_measured"]
-    fixed, _ = reconstruct_frames(frames, settings({"fine_measured": True}))
-    active = fixed.extras["fine_active_voxels"]
-    assert 0 < fixed.extras["fine_known_entries"] < active * 64 and fixed.extras["fine_measured"]
-    assert "measure" in fixed.stage_seconds and "measure" not in smoothed.stage_seconds
-    assert not np.array_equal(fixed.mesh.vertices, smoothed.mesh.vertices)
-    rgb_fixed, _ = reconstruct_frames(rgb, settings({"fine_measured": True}))
-    assert rgb_fixed.extras["fine_known_entries"] == 0 and not rgb_fixed.extras["fine_measured"]
+    # With depth the real views' TSDF fixes part of the fine latent by default (fused once,
+    # before the fine stage); fine_measured=false samples all of it; without depth there is
+    # nothing to fix.
+    active = smoothed.extras["fine_active_voxels"]
+    assert 0 < smoothed.extras["fine_known_entries"] < active * 64
+    assert smoothed.extras["fine_measured"] and "measure" in smoothed.stage_seconds
+    free, _ = reconstruct_frames(frames, settings({"fine_measured": False}))
+    assert free.extras["fine_known_entries"] == 0 and not free.extras["fine_measured"]
+    assert "measure" not in free.stage_seconds
+    assert not np.array_equal(free.mesh.vertices, smoothed.mesh.vertices)
+    assert without_depth.extras["fine_known_entries"] == 0
+    assert not without_depth.extras["fine_measured"]
     # Its generated vertices take the calibration without depth.
     # Silhouette-backed ("observed") vertices take their calibrated share, not 1.0, and the
     # result still says which they are (preview, observed_fraction).
