@@ -264,6 +264,66 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])
 
 
+def test_fine_samples_average_their_draws_and_the_spread_draw_is_another(
+    tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fine_samples=2``: decode gets the mean of two fine draws (seeds s and s + 1), the
+    spread draw is a third (seed s + 2), progress names each draw, and 0 draws is refused."""
+    import shutil
+
+    import rvg_ros.rvg.backend as backend_module
+    from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
+
+    frames, _ = one_sided_can
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(SHIPPED_WEIGHTS / WEIGHTS_NAME, weights / WEIGHTS_NAME)
+    torch.manual_seed(0)
+    FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
+    draws: list[tuple[int, np.ndarray]] = []
+    decoded: list[np.ndarray] = []
+    real_generate_fine = backend_module.generate_fine
+    real_decode_surface = backend_module.decode_surface
+
+    def recording_generate_fine(model, prior, occupancy, frames, config, seed, *args, **kwargs):
+        sample, sdf = real_generate_fine(
+            model, prior, occupancy, frames, config, seed, *args, **kwargs
+        )
+        draws.append((seed, sdf.copy()))
+        return sample, sdf
+
+    def recording_decode_surface(*args, **kwargs):
+        decoded.append(kwargs["fine_sdf"].copy())
+        return real_decode_surface(*args, **kwargs)
+
+    monkeypatch.setattr(backend_module, "generate_fine", recording_generate_fine)
+    monkeypatch.setattr(backend_module, "decode_surface", recording_decode_surface)
+
+    def settings(extra: dict[str, object]) -> ReconstructSettings:
+        options = {"steps": 4, "fine": True, "fine_steps": 2, "fine_cfg_scale": 1.0}
+        return ReconstructSettings(
+            backend="rvg",
+            resolution=48,
+            cloud_points=1000,
+            weights_dir=str(weights),
+            backend_options={**options, "fine_smoothing": 0, **extra},
+        )
+
+    stages: list[str] = []
+    result, _ = reconstruct_frames(
+        frames,
+        settings({"fine_samples": 2, "confidence_samples": 2, "sample_seed": 7}),
+        lambda stage, fraction: stages.append(stage),
+    )
+    assert [seed for seed, _ in draws] == [7, 8, 9]
+    assert not np.allclose(draws[0][1], draws[1][1])  # two different draws
+    np.testing.assert_allclose(decoded[0], (draws[0][1] + draws[1][1]) / 2, atol=1e-6)
+    assert "fine 2/2" in stages and "fine draw 2 2/2" in stages and "fine spread 2/2" in stages
+    assert result.extras["fine_samples"] == 2
+    with pytest.raises(ValueError, match="fine_samples must be 1 or more"):
+        reconstruct_frames(frames, settings({"fine_samples": 0}))
+
+
 def test_the_spread_compares_two_draws_smoothed_and_weighed_alike(
     tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -150,6 +150,10 @@ class RVGSettings:
     # 0.453-0.509; with the fine SDF alone (fine_weight=1) 0.480 vs 0.489 mm at seed 0. Costs
     # one TSDF fusion (0.03 s), which decode then reuses.
     fine_measured: bool = True
+    # Fine draws whose SDFs are averaged (each with RVC when it is on). YCB dev, RGB + masks,
+    # 2 draws (session 15): see docs/results.md, "Session 15"; each draw costs the fine stage
+    # again (1.7 s on this CPU, 0.07 s on an H200), so 1 by default.
+    fine_samples: int = 1
     # Fine samples drawn for the confidence of generated vertices (rvg/confidence.py): 2 adds
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
@@ -229,6 +233,7 @@ class RVGBackend:
             else float(extra["fine_smoothing"]),
             fine_weight=None if extra.get("fine_weight") is None else float(extra["fine_weight"]),
             fine_measured=bool(extra.get("fine_measured", RVGSettings.fine_measured)),
+            fine_samples=int(extra.get("fine_samples", RVGSettings.fine_samples)),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
@@ -247,6 +252,10 @@ class RVGBackend:
             raise ValueError(
                 "rvg option fine_weight must be in [0, 1] (1: the fine SDF alone, 0: the coarse "
                 f"shape alone); got {self.settings.fine_weight}"
+            )
+        if self.settings.fine_samples < 1:
+            raise ValueError(
+                f"rvg option fine_samples must be 1 or more; got {self.settings.fine_samples}"
             )
         if self.settings.fine_oracle and not self.settings.occupancy_oracle:
             raise ValueError("rvg option fine_oracle needs occupancy_oracle (the true mesh)")
@@ -314,39 +323,41 @@ class RVGBackend:
                 measured = measure(capture.frames, prior.cube, resolution, self.options.device)
         min_wall = s.min_wall_voxels / TRUNCATION_VOXELS
         if fine_model is not None:
-            samples = s.confidence_samples
+            draws = s.fine_samples
+            # Progress: the averaged draws, then the spread draw when there is one.
+            total = draws + (1 if s.confidence_samples >= 2 else 0)
+
+            def draw(config: FineConfig, k: int, label: str) -> tuple[FineSample, np.ndarray]:
+                return generate_fine(
+                    fine_model,
+                    prior,
+                    occupancy,
+                    capture.frames,
+                    config,
+                    seed + k,
+                    device,
+                    on_step=lambda i, n: sub((k + i / n) / total, f"{label} {i}/{n}"),
+                    measured=measured,
+                    min_wall=min_wall,
+                )
+
             with timer.stage("fine") as sub:
                 if s.fine_oracle and truth is not None:
                     fine, fine_sdf = oracle.oracle_fine(
                         truth, prior, occupancy, fine_model.config.latent
                     )
                 else:
-                    fine, fine_sdf = generate_fine(
-                        fine_model,
-                        prior,
-                        occupancy,
-                        capture.frames,
-                        s.fine_sampling,
-                        seed,
-                        device,
-                        on_step=lambda k, n: sub(k / n / samples, f"fine {k}/{n}"),
-                        measured=measured,
-                        min_wall=min_wall,
-                    )
-                if samples >= 2:
-                    # Another draw (no RVC: the spread is the generator's own uncertainty).
-                    _, second_sdf = generate_fine(
-                        fine_model,
-                        prior,
-                        occupancy,
-                        capture.frames,
-                        replace(s.fine_sampling, rvc=False),
-                        seed + 1,
-                        device,
-                        on_step=lambda k, n: sub(0.5 + k / n / 2, f"fine spread {k}/{n}"),
-                        measured=measured,
-                        min_wall=min_wall,
-                    )
+                    fine, fine_sdf = draw(s.fine_sampling, 0, "fine")
+                    # More draws: their mean estimates the posterior mean of the SDF, which a
+                    # single draw's sampling noise scatters around (RGB-side zigzags between
+                    # latent blocks). Seeds seed + 1 ... seed + draws - 1.
+                    for k in range(1, draws):
+                        fine_sdf = fine_sdf + draw(s.fine_sampling, k, f"fine draw {k + 1}")[1]
+                    fine_sdf = fine_sdf / draws
+                if s.confidence_samples >= 2:
+                    # Another draw, not in the mean (no RVC: the spread is the generator's own
+                    # uncertainty).
+                    _, second_sdf = draw(replace(s.fine_sampling, rvc=False), draws, "fine spread")
                 if smoothing > 0:
                     fine_sdf = gaussian_filter(fine_sdf, smoothing)
                     # The spread compares the two draws: both smoothed alike, or it would
@@ -495,6 +506,7 @@ class RVGBackend:
             "fine_cfg_scale": f.cfg_scale,
             "fine_smoothing": smoothing,
             "fine_weight": weight,
+            "fine_samples": self.settings.fine_samples,
             "fine_measured": self.settings.fine_measured and fine.known_entries > 0,
             "fine_known_entries": fine.known_entries,
             "rvc": f.rvc,
