@@ -322,6 +322,15 @@ def test_fine_samples_average_their_draws_and_the_spread_draw_is_another(
     assert result.extras["fine_samples"] == 2
     with pytest.raises(ValueError, match="fine_samples must be 1 or more"):
         reconstruct_frames(frames, settings({"fine_samples": 0}))
+    # By default two draws on CUDA (0.07 s each there), one on the CPU (1.7 s each here).
+    from rvg_ros.core.backends.base import BackendOptions
+    from rvg_ros.rvg.backend import RVGBackend
+
+    by_device = RVGBackend(BackendOptions())
+    assert by_device.fine_samples("cpu") == 1
+    assert by_device.fine_samples("cuda") == by_device.fine_samples("cuda:0") == 2
+    explicit = RVGBackend(BackendOptions(extra={"fine_samples": 3}))
+    assert explicit.fine_samples("cpu") == explicit.fine_samples("cuda") == 3
 
 
 def test_the_spread_compares_two_draws_smoothed_and_weighed_alike(

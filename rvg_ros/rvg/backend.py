@@ -150,10 +150,13 @@ class RVGSettings:
     # 0.453-0.509; with the fine SDF alone (fine_weight=1) 0.480 vs 0.489 mm at seed 0. Costs
     # one TSDF fusion (0.03 s), which decode then reuses.
     fine_measured: bool = True
-    # Fine draws whose SDFs are averaged (each with RVC when it is on). YCB dev, RGB + masks,
-    # 2 draws (session 15): see docs/results.md, "Session 15"; each draw costs the fine stage
-    # again (1.7 s on this CPU, 0.07 s on an H200), so 1 by default.
-    fine_samples: int = 1
+    # Fine draws whose SDFs are averaged (each with RVC when it is on): their mean estimates
+    # the posterior mean, which one draw's sampling noise scatters around. YCB dev, RGB +
+    # masks, 4 one-sided views (session 15): 2 draws give F@0.05 0.738 vs 0.735, CD-L2 17.95
+    # vs 18.76, seen accuracy 5.98 vs 6.15 mm (part 1: 6.10). Each draw costs the fine stage
+    # again: 1.7 s on this CPU, over the 5 s budget of a reconstruction without RVC, but 0.07 s
+    # on an H200. None: FINE_SAMPLES_CUDA on CUDA, 1 on the CPU.
+    fine_samples: int | None = None
     # Fine samples drawn for the confidence of generated vertices (rvg/confidence.py): 2 adds
     # their spread (0.07 s more on CUDA, seconds on the CPU), which measured no better than the
     # distance from the observed surface alone, so 1 by default.
@@ -177,6 +180,8 @@ FINE_SMOOTHING_WITH_DEPTH = 4.0
 # 0.594) and damps the rest: 0.479 mm (seeds 0/1/2: 0.480 +- 0.002; part 1 0.481 +- 0.001).
 # Without depth the fine stage alone is the better shape (the silhouettes bound it), so 1.
 FINE_WEIGHT_WITH_DEPTH = 0.5
+# Fine draws averaged by default on CUDA (RVGSettings.fine_samples).
+FINE_SAMPLES_CUDA = 2
 
 
 def fine_mode(value: object) -> bool | str:
@@ -233,7 +238,7 @@ class RVGBackend:
             else float(extra["fine_smoothing"]),
             fine_weight=None if extra.get("fine_weight") is None else float(extra["fine_weight"]),
             fine_measured=bool(extra.get("fine_measured", RVGSettings.fine_measured)),
-            fine_samples=int(extra.get("fine_samples", RVGSettings.fine_samples)),
+            fine_samples=None if extra.get("fine_samples") is None else int(extra["fine_samples"]),
             confidence_samples=int(extra.get("confidence_samples", RVGSettings.confidence_samples)),
             occupancy_oracle=str(extra.get("occupancy_oracle", "")),
             fine_oracle=bool(extra.get("fine_oracle", False)),
@@ -253,7 +258,7 @@ class RVGBackend:
                 "rvg option fine_weight must be in [0, 1] (1: the fine SDF alone, 0: the coarse "
                 f"shape alone); got {self.settings.fine_weight}"
             )
-        if self.settings.fine_samples < 1:
+        if self.settings.fine_samples is not None and self.settings.fine_samples < 1:
             raise ValueError(
                 f"rvg option fine_samples must be 1 or more; got {self.settings.fine_samples}"
             )
@@ -322,8 +327,8 @@ class RVGBackend:
             with timer.stage("measure"):
                 measured = measure(capture.frames, prior.cube, resolution, self.options.device)
         min_wall = s.min_wall_voxels / TRUNCATION_VOXELS
+        draws = self.fine_samples(device)
         if fine_model is not None:
-            draws = s.fine_samples
             # Progress: the averaged draws, then the spread draw when there is one.
             total = draws + (1 if s.confidence_samples >= 2 else 0)
 
@@ -435,7 +440,7 @@ class RVGBackend:
                 "support_plane": " ".join(f"{v:.5f}" for v in support)
                 if support is not None
                 else "none",
-                **self._fine_report(fine, smoothing, fine_weight),
+                **self._fine_report(fine, smoothing, fine_weight, draws),
                 # In-process only (result.json keeps scalars): for rvg/confidence.py.
                 **({"vertex_spread": spread} if spread is not None else {}),
                 **({"vertex_observed": observed} if observed is not None else {}),
@@ -448,6 +453,12 @@ class RVGBackend:
         if self.settings.fine_smoothing is not None:
             return self.settings.fine_smoothing
         return FINE_SMOOTHING_WITH_DEPTH if use_depth else 0.0
+
+    def fine_samples(self, device: str) -> int:
+        """Fine draws averaged (``RVGSettings.fine_samples``; None: by device)."""
+        if self.settings.fine_samples is not None:
+            return self.settings.fine_samples
+        return FINE_SAMPLES_CUDA if device.startswith("cuda") else 1
 
     def fine_weight(self, use_depth: bool) -> float:
         """The fine SDF's weight in the generated shape (``RVGSettings.fine_weight``; None: by
@@ -492,7 +503,7 @@ class RVGBackend:
         )
 
     def _fine_report(
-        self, fine: FineSample | None, smoothing: float, weight: float
+        self, fine: FineSample | None, smoothing: float, weight: float, draws: int
     ) -> dict[str, object]:
         """What the fine stage did, for result.json: active voxels, steps, and per compensated
         step the per-view rendering losses before and after RVC."""
@@ -506,7 +517,7 @@ class RVGBackend:
             "fine_cfg_scale": f.cfg_scale,
             "fine_smoothing": smoothing,
             "fine_weight": weight,
-            "fine_samples": self.settings.fine_samples,
+            "fine_samples": draws,
             "fine_measured": self.settings.fine_measured and fine.known_entries > 0,
             "fine_known_entries": fine.known_entries,
             "rvc": f.rvc,
