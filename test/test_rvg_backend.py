@@ -264,22 +264,29 @@ def test_fine_stage_runs_from_weights_dir_and_reports_rvc(tmp_path: Path, one_si
     assert np.array_equal(auto.mesh.vertex_confidence[generated], table[d[generated]])
 
 
-def test_fine_samples_average_their_draws_and_the_spread_draw_is_another(
-    tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``fine_samples=2``: decode gets the mean of two fine draws (seeds s and s + 1), the
-    spread draw is a third (seed s + 2), progress names each draw, and 0 draws is refused."""
+def _untrained_fine_weights(tmp_path: Path) -> Path:
+    """A weights folder with the shipped coarse model and a seeded, untrained fine model."""
     import shutil
 
-    import rvg_ros.rvg.backend as backend_module
     from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
 
-    frames, _ = one_sided_can
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copy(SHIPPED_WEIGHTS / WEIGHTS_NAME, weights / WEIGHTS_NAME)
     torch.manual_seed(0)
     FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
+    return weights
+
+
+def test_fine_samples_average_their_draws_and_the_spread_draw_is_another(
+    tmp_path: Path, one_sided_can, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fine_samples=2``: decode gets the mean of two fine draws (seeds s and s + 1), the
+    spread draw is a third (seed s + 2), progress names each draw, and 0 draws is refused."""
+    import rvg_ros.rvg.backend as backend_module
+
+    frames, _ = one_sided_can
+    weights = _untrained_fine_weights(tmp_path)
     draws: list[tuple[int, np.ndarray]] = []
     decoded: list[np.ndarray] = []
     real_generate_fine = backend_module.generate_fine
@@ -340,20 +347,13 @@ def test_the_spread_compares_two_draws_smoothed_and_weighed_alike(
     the second draw, whose generated shape's |distance| at the mesh's vertices is the spread,
     must be treated the same, or the smoothing and the weighting would read as disagreement
     between the draws."""
-    import shutil
-
     from scipy.ndimage import gaussian_filter
 
     import rvg_ros.rvg.backend as backend_module
     from rvg_ros.rvg.confidence import vertex_spread
-    from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig
 
     frames, _ = one_sided_can
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    shutil.copy(SHIPPED_WEIGHTS / WEIGHTS_NAME, weights / WEIGHTS_NAME)
-    torch.manual_seed(0)
-    FineModel(FineModelConfig()).save(weights / FINE_WEIGHTS_NAME)
+    weights = _untrained_fine_weights(tmp_path)
     draws: list[np.ndarray] = []
     cubes = []
     occupancies = []

@@ -429,7 +429,8 @@ def test_model_velocity_and_sampling_are_deterministic_and_padding_safe() -> Non
         assert (dropped - v).abs().max() > 1e-4  # the null condition is a different condition
 
 
-def test_sample_fine_for_one_object_with_and_without_rvc() -> None:
+def _tiny_object() -> tuple[FineModel, np.ndarray, np.ndarray, np.ndarray]:
+    """A randomised tiny fine model and a box-shaped coarse object with three random views."""
     torch.manual_seed(0)
     model = FineModel(TINY)
     _randomise(model)
@@ -439,6 +440,11 @@ def test_sample_fine_for_one_object_with_and_without_rvc() -> None:
     occupancy[5:11, 5:11, 4:12] = 1.0
     evidence = np.zeros((r,) * 3, np.uint8)
     views = np.random.default_rng(0).normal(size=(3, 12, 32, 32)).astype(np.float32)
+    return model, occupancy, evidence, views
+
+
+def test_sample_fine_for_one_object_with_and_without_rvc() -> None:
+    model, occupancy, evidence, views = _tiny_object()
     plain = FineSampleConfig(steps=6, cfg_scale=3.0, seed=1)  # t < 0.5 twice
     a = sample_fine(model, occupancy, evidence, views, plain)
     assert a.latent.shape == (len(a.coords), TINY_LATENT.channels) and len(a.coords) > 50
@@ -466,15 +472,7 @@ def test_measured_entries_are_fixed_and_steer_the_rest_of_the_sample() -> None:
     """``known_sdf`` (inpainting by replacement): the known SDF entries end exactly on their
     values, with and without RVC; the others are generated from them (they change), and no
     known entry at all is plain sampling, exactly."""
-    torch.manual_seed(0)
-    model = FineModel(TINY)
-    _randomise(model)
-    model.eval()
-    r = TINY_LATENT.resolution
-    occupancy = np.zeros((r,) * 3, np.float32)
-    occupancy[5:11, 5:11, 4:12] = 1.0
-    evidence = np.zeros((r,) * 3, np.uint8)
-    views = np.random.default_rng(0).normal(size=(3, 12, 32, 32)).astype(np.float32)
+    model, occupancy, evidence, views = _tiny_object()
     config = FineSampleConfig(steps=6, cfg_scale=3.0, seed=1)
     plain = sample_fine(model, occupancy, evidence, views, config)
     m, sdf = len(plain.coords), TINY_LATENT.sdf_channels
