@@ -20,6 +20,7 @@ from rvg_ros.rvg.generate import (
     coarse_condition,
     generate_fine,
     load_model,
+    measured_known,
     sample_coarse,
 )
 from rvg_ros.rvg.prior import completion_cube, evidence_grid, view_inputs
@@ -109,10 +110,11 @@ def test_coarse_and_fine_generation_on_cuda_match_cpu(sphere_prior) -> None:
     tsdf = np.clip((np.linalg.norm(grid - centre, axis=-1) - 0.04) / (4 * voxel), -1.0, 1.0)
     weight = (grid[..., 0] > centre[0] - 0.01).astype(np.float32)
     measured = LatticeTSDF(tsdf.astype(np.float32), weight, origin, voxel, 4 * voxel)
+    known_sdf = measured_known(fine_cpu, prior, occ, measured, 4.0)
     known = {}
     for device, model in (("cpu", fine_cpu), ("cuda", fine_gpu)):
         known[device], _ = generate_fine(
-            model, prior, occ, frames, config, 0, device, measured=measured
+            model, prior, occ, frames, config, 0, device, known_sdf=known_sdf
         )
     assert known["cuda"].known_entries == known["cpu"].known_entries > 0
     assert (known["cpu"].latent - known["cuda"].latent.cpu()).abs().max() < 0.05

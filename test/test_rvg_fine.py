@@ -535,8 +535,9 @@ def test_measured_latent_is_the_tsdf_where_decode_trusts_it(truncation_voxels: f
     # past the truncation).
     height = cube.to_world(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1))[..., 2] - z0
     coords = np.argwhere(np.abs(height) < 3 * cube.side / config.resolution)
-    min_wall = 0.5
-    mask, values = measured_sdf_latent(coords, config, cube, measured, min_wall)
+    min_wall = 0.5  # of the truncation: decode's wall in lattice voxels below
+    wall_voxels = min_wall * truncation_voxels
+    mask, values = measured_sdf_latent(coords, config, cube, measured, wall_voxels)
     assert mask.shape == values.shape == (len(coords), config.sdf_channels)
     centres = cube.to_world(sub_voxel_centres(coords, config))
     height, x = centres[..., 2] - z0, centres[..., 0] - CENTRE[0]

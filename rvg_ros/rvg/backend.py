@@ -26,7 +26,6 @@ from rvg_ros.core.backends.base import (
     peak_rss_mb,
 )
 from rvg_ros.core.backends.completion import fused_vertices
-from rvg_ros.core.backends.fusion import TRUNCATION_VOXELS
 from rvg_ros.core.backends.symmetry import Symmetry, find_symmetry, symmetric_views
 from rvg_ros.core.devices import torch_device
 from rvg_ros.core.surface import OBSERVED_CONFIDENCE, finish_mesh, sample_cloud
@@ -50,6 +49,7 @@ from rvg_ros.rvg.generate import (
     generate_fine,
     load_fine_model,
     load_model,
+    measured_known,
     sample_coarse,
 )
 from rvg_ros.rvg.model import ModelConfig
@@ -323,10 +323,13 @@ class RVGBackend:
         # TSDF would cost the seen surface accuracy (0.34 vs 0.23 mm on YCB).
         resolution = round(self.options.resolution * prior.cube.side / capture.target.side)
         measured: LatticeTSDF | None = None
+        known_sdf: tuple[np.ndarray, np.ndarray] | None = None
         if fine_model is not None and prior.use_depth and s.fine_measured:
             with timer.stage("measure"):
                 measured = measure(capture.frames, prior.cube, resolution, self.options.device)
-        min_wall = s.min_wall_voxels / TRUNCATION_VOXELS
+                known_sdf = measured_known(
+                    fine_model, prior, occupancy, measured, s.min_wall_voxels
+                )
         draws = self.fine_samples(device)
         if fine_model is not None:
             # Progress: the averaged draws, then the spread draw when there is one.
@@ -342,8 +345,7 @@ class RVGBackend:
                     seed + k,
                     device,
                     on_step=lambda i, n: sub((k + i / n) / total, f"{label} {i}/{n}"),
-                    measured=measured,
-                    min_wall=min_wall,
+                    known_sdf=known_sdf,
                 )
 
             with timer.stage("fine") as sub:
@@ -518,7 +520,7 @@ class RVGBackend:
             "fine_smoothing": smoothing,
             "fine_weight": weight,
             "fine_samples": draws,
-            "fine_measured": self.settings.fine_measured and fine.known_entries > 0,
+            "fine_measured": fine.known_entries > 0,
             "fine_known_entries": fine.known_entries,
             "rvc": f.rvc,
         }

@@ -31,7 +31,7 @@ from rvg_ros.core.devices import open3d_device
 from rvg_ros.core.geometry import backproject_depth, lookup_pixels, project
 from rvg_ros.core.parallel import map_shared
 from rvg_ros.core.types import Frame, TargetCube
-from rvg_ros.rvg.fine_measured import LatticeTSDF
+from rvg_ros.rvg.fine_measured import LatticeTSDF, trusted
 
 # Thickness (fine voxels) a measured surface is given behind it before the generated
 # occupancy decides. The whole TSDF band by default: on YCB dev (4 one-sided RGB-D views)
@@ -144,7 +144,7 @@ def measured_over(
     """
     # The measured values themselves within the wall, so the zero crossing (interpolated by
     # marching cubes between the voxels on either side) stays exactly where fusion puts it.
-    wall = (weight > 0) & (tsdf > -min_wall)
+    wall = trusted(tsdf, weight, min_wall)
     return np.where(wall, tsdf, fallback)
 
 

@@ -44,10 +44,11 @@ class LatticeTSDF:
     truncation: float  # metres
 
 
-def trusted(measured: LatticeTSDF, min_wall: float) -> np.ndarray:
+def trusted(tsdf: np.ndarray, weight: np.ndarray, min_wall: float) -> np.ndarray:
     """Where decode takes the measurement over the generated shape (``decode.measured_over``):
-    measured, and not deeper behind the surface than ``min_wall`` (normalised)."""
-    return (measured.weight > 0) & (measured.tsdf > -min_wall)
+    measured, and not deeper behind the surface than ``min_wall`` (normalised by the
+    truncation, as ``tsdf``)."""
+    return (weight > 0) & (tsdf > -min_wall)
 
 
 def measured_sdf_latent(
@@ -55,17 +56,23 @@ def measured_sdf_latent(
     config: LatentConfig,
     cube: TargetCube,
     measured: LatticeTSDF,
-    min_wall: float,
+    min_wall_voxels: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(M, k^3) mask and values of the SDF channels of the active voxels ``coords`` that the
     measurement fixes, in latent units (``fine_latent``). An entry is known where all eight
-    lattice voxels around it are trusted (``trusted``), so trilinear interpolation reads only
-    measured values."""
+    lattice voxels around it are trusted (``trusted``, with decode's wall of
+    ``min_wall_voxels`` lattice voxels), so trilinear interpolation reads only measured
+    values."""
+    min_wall = min_wall_voxels * measured.voxel / measured.truncation
     centres = cube.to_world(sub_voxel_centres(coords, config).reshape(-1, 3))
     index = ((centres - measured.origin) / measured.voxel).T
     tsdf = map_coordinates(measured.tsdf, index, order=1, mode="nearest")
     trust = map_coordinates(
-        trusted(measured, min_wall).astype(np.float32), index, order=1, mode="constant", cval=0.0
+        trusted(measured.tsdf, measured.weight, min_wall).astype(np.float32),
+        index,
+        order=1,
+        mode="constant",
+        cval=0.0,
     )
     known = trust > 1.0 - 1e-4
     ratio = measured.truncation / (config.sdf_scale * cube.side)

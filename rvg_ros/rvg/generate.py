@@ -234,6 +234,20 @@ def rvc_targets(
     return rvc, views
 
 
+def measured_known(
+    model: FineModel,
+    prior: PriorInputs,
+    occupancy: np.ndarray,
+    measured: LatticeTSDF,
+    min_wall_voxels: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fine latent's SDF entries the real views' TSDF fixes (``fine_measured``), for the
+    active voxels of ``occupancy``: once per reconstruction, shared by every draw."""
+    lc = model.config.latent
+    coords = active_voxels(occupancy, lc.partial)
+    return measured_sdf_latent(coords, lc, prior.cube, measured, min_wall_voxels)
+
+
 def generate_fine(
     model: FineModel,
     prior: PriorInputs,
@@ -243,20 +257,13 @@ def generate_fine(
     seed: int,
     device: str,
     on_step: StepFn | None = None,
-    measured: LatticeTSDF | None = None,
-    min_wall: float = 1.0,
+    known_sdf: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[FineSample, np.ndarray]:
     """The fine latents and their dense SDF ((R k)^3, cube units) for the coarse
     ``occupancy``. RVC renders into ``frames``: the real views only (the symmetric ones are
-    the symmetry's guess, not a measurement). With ``measured`` (the real views' TSDF) the
-    SDF entries it fixes are not generated (``fine_measured``; ``min_wall`` normalised, as
-    decode's)."""
+    the symmetry's guess, not a measurement). ``known_sdf`` (``measured_known``): the SDF
+    entries the real views measured, fixed rather than generated."""
     rvc, rvc_views = rvc_targets(config, prior.cube, frames, device) if config.rvc else (None, [])
-    known_sdf = None
-    if measured is not None:
-        lc = model.config.latent
-        coords = active_voxels(occupancy, lc.partial)
-        known_sdf = measured_sdf_latent(coords, lc, prior.cube, measured, min_wall)
     sample = sample_fine(
         model,
         occupancy,
