@@ -20,6 +20,7 @@ from rvg_ros.rvg.fine_train import (
     FineTrainConfig,
     collate_fine,
     loss_weight,
+    paired_files,
     rotate_fine_z,
     sample_latents,
     train_fine,
@@ -664,6 +665,30 @@ def test_training_runs_resumes_exactly_and_validates(tmp_path: Path) -> None:
     assert (tmp_path / "whole" / "loss.csv").read_text().count("\n") == 3
     assert "sdf_mae_voxels" in (tmp_path / "whole" / "val.csv").read_text()
     assert (tmp_path / "whole" / "curves.png").stat().st_size > 0
+
+
+def test_validation_scores_each_modality_on_its_own_views(tmp_path: Path) -> None:
+    from rvg_ros.rvg.fine_train import validate, validate_modalities
+
+    (tmp_path / "coarse").mkdir()
+    (tmp_path / "fine").mkdir()
+    _write_pair(tmp_path / "coarse", tmp_path / "fine", 0)
+    pairs = paired_files(tmp_path / "coarse", tmp_path / "fine")
+    config = FineTrainConfig(val_steps=2, val_modalities="rgbd,rgb")
+    torch.manual_seed(0)
+    model = FineModel(TINY)
+    _randomise(model)  # zero-initialised outputs would ignore the views
+    model.eval()
+    lc = TINY.latent
+    scores = validate_modalities(model, pairs, config, lc)
+    assert scores == {
+        **validate(model, pairs, config, lc, "rgbd"),
+        **{f"rgb_{k}": v for k, v in validate(model, pairs, config, lc, "rgb").items()},
+    }
+    # The two modalities' samples differ (other views, other targets), so do their scores.
+    assert scores["sdf_mae_voxels"] != scores["rgb_sdf_mae_voxels"]
+    with pytest.raises(ValueError, match="unknown modality 'depth'"):
+        validate_modalities(model, pairs, replace(config, val_modalities="depth"), lc)
 
 
 def test_fine_samples_extend_part1_samples_deterministically(tmp_path: Path) -> None:

@@ -76,6 +76,9 @@ class FineTrainConfig:
     validate_every: int = 200
     val_samples: int = 4
     val_steps: int = 12  # paper's SLAT sampling steps
+    # Capture modalities validated, comma-separated; RGB columns are prefixed "rgb_" (RGB-D
+    # keeps the plain names of the earlier runs' val.csv).
+    val_modalities: str = "rgbd"
     threads: int = 1
     # Start the view encoder from part 1's (same shape): "shipped" = the weights shipped with
     # the package, or a path; "" to start from scratch.
@@ -227,13 +230,14 @@ def validate(
     pairs: list[tuple[Path, Path]],
     config: FineTrainConfig,
     latent_config: LatentConfig,
+    modality: str = "rgbd",
 ) -> dict[str, float]:
     """Sampled latents (``val_steps`` Euler steps, no CFG) against the targets, plus the
-    flow-matching loss at fixed noise; RGB-D views, one item at a time (no padding)."""
+    flow-matching loss at fixed noise; one modality's views, one item at a time (no padding)."""
     scores: dict[str, list[float]] = {}
     for i, (coarse, fine) in enumerate(pairs):
         rng = np.random.default_rng([12345, i])
-        item = load_fine_item(coarse, fine, rng, config, latent_config, "rgbd", augment=False)
+        item = load_fine_item(coarse, fine, rng, config, latent_config, modality, augment=False)
         batch = collate_fine([item])
         pred = sample_latents(model, batch, config.val_steps, 1.0, seed=i)
         with torch.no_grad():
@@ -248,6 +252,23 @@ def validate(
         for k, v in {"loss": loss.item(), **latent_scores(pred, batch, latent_config)}.items():
             scores.setdefault(k, []).append(v)
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def validate_modalities(
+    model: FineModel,
+    pairs: list[tuple[Path, Path]],
+    config: FineTrainConfig,
+    latent_config: LatentConfig,
+) -> dict[str, float]:
+    """``validate`` for each of ``config.val_modalities``; RGB keys prefixed ``rgb_``."""
+    scores: dict[str, float] = {}
+    for modality in config.val_modalities.split(","):
+        if modality not in ("rgbd", "rgb"):
+            raise ValueError(f"val_modalities: unknown modality {modality!r} (rgbd, rgb)")
+        prefix = "" if modality == "rgbd" else "rgb_"
+        for k, v in validate(model, pairs, config, latent_config, modality).items():
+            scores[prefix + k] = v
+    return scores
 
 
 def init_encoder(model: FineModel, path: str) -> bool:
@@ -365,10 +386,10 @@ def train_fine(
             ema.save(out / FINE_WEIGHTS_NAME, {"step": str(step)})
         if val_pairs and (step % config.validate_every == 0 or step in (config.steps, end)):
             ema.eval()
-            scores = validate(ema, val_pairs, config, lc)
+            scores = validate_modalities(ema, val_pairs, config, lc)
             _append_csv(out / "val.csv", {"step": step, **scores})
             print(f"validation at {step}: {scores}")
-            plot_curves(out, FINE_VAL_CURVES)
+            plot_curves(out, tuple(k for k in scores if k.endswith(FINE_VAL_CURVES)))
     ema.save(out / FINE_WEIGHTS_NAME, {"step": str(step)})
     return out / FINE_WEIGHTS_NAME
 
