@@ -687,8 +687,9 @@ def test_validation_scores_each_modality_on_its_own_views(tmp_path: Path) -> Non
     }
     # The two modalities' samples differ (other views, other targets), so do their scores.
     assert scores["sdf_mae_voxels"] != scores["rgb_sdf_mae_voxels"]
+    # A wrong modality is refused when the run is configured, not at its first validation.
     with pytest.raises(ValueError, match="unknown modality 'depth'"):
-        validate_modalities(model, pairs, replace(config, val_modalities="depth"), lc)
+        replace(config, val_modalities="rgbd,depth")
 
 
 def test_fine_samples_extend_part1_samples_deterministically(tmp_path: Path) -> None:

@@ -86,6 +86,12 @@ class FineTrainConfig:
     # Start the whole model from these fine-stage weights (fine-tuning); "" = no.
     init: str = ""
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the first validation hundreds of steps into a run.
+        for modality in self.val_modalities.split(","):
+            if modality not in ("rgbd", "rgb"):
+                raise ValueError(f"val_modalities: unknown modality {modality!r} (rgbd, rgb)")
+
 
 # --------------------------------------------------------------------------- data
 def rotate_fine_z(
@@ -263,8 +269,6 @@ def validate_modalities(
     """``validate`` for each of ``config.val_modalities``; RGB keys prefixed ``rgb_``."""
     scores: dict[str, float] = {}
     for modality in config.val_modalities.split(","):
-        if modality not in ("rgbd", "rgb"):
-            raise ValueError(f"val_modalities: unknown modality {modality!r} (rgbd, rgb)")
         prefix = "" if modality == "rgbd" else "rgb_"
         for k, v in validate(model, pairs, config, latent_config, modality).items():
             scores[prefix + k] = v
