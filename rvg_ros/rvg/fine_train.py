@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rvg_ros.rvg.dataset import MODALITIES
 from rvg_ros.rvg.fine_data import generate_fine
 from rvg_ros.rvg.fine_latent import LatentConfig
 from rvg_ros.rvg.fine_model import FINE_WEIGHTS_NAME, FineModel, FineModelConfig, voxel_features
@@ -52,6 +53,8 @@ CHECKPOINT = "checkpoint.safetensors"
 # validation columns drawn in curves.png (SDF error in fine voxels, sign agreement near the
 # surface, colour error)
 FINE_VAL_CURVES = ("sdf_mae_voxels", "sign_near", "colour_mae")
+# val.csv column prefix per validated modality (RGB-D keeps the earlier runs' plain names).
+VAL_PREFIX = {"rgbd": "", "rgb": "rgb_"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,7 @@ class FineTrainConfig:
     validate_every: int = 200
     val_samples: int = 4
     val_steps: int = 12  # paper's SLAT sampling steps
-    # Capture modalities validated, comma-separated; RGB columns are prefixed "rgb_" (RGB-D
-    # keeps the plain names of the earlier runs' val.csv).
+    # Capture modalities validated, comma-separated (columns prefixed by VAL_PREFIX).
     val_modalities: str = "rgbd"
     threads: int = 1
     # Start the view encoder from part 1's (same shape): "shipped" = the weights shipped with
@@ -89,8 +91,10 @@ class FineTrainConfig:
     def __post_init__(self) -> None:
         # Checked here, not at the first validation hundreds of steps into a run.
         for modality in self.val_modalities.split(","):
-            if modality not in ("rgbd", "rgb"):
-                raise ValueError(f"val_modalities: unknown modality {modality!r} (rgbd, rgb)")
+            if modality not in MODALITIES:
+                raise ValueError(
+                    f"val_modalities: unknown modality {modality!r} ({', '.join(MODALITIES)})"
+                )
 
 
 # --------------------------------------------------------------------------- data
@@ -266,13 +270,12 @@ def validate_modalities(
     config: FineTrainConfig,
     latent_config: LatentConfig,
 ) -> dict[str, float]:
-    """``validate`` for each of ``config.val_modalities``; RGB keys prefixed ``rgb_``."""
-    scores: dict[str, float] = {}
-    for modality in config.val_modalities.split(","):
-        prefix = "" if modality == "rgbd" else "rgb_"
-        for k, v in validate(model, pairs, config, latent_config, modality).items():
-            scores[prefix + k] = v
-    return scores
+    """``validate`` for each of ``config.val_modalities``, keys prefixed by ``VAL_PREFIX``."""
+    return {
+        VAL_PREFIX[modality] + k: v
+        for modality in config.val_modalities.split(",")
+        for k, v in validate(model, pairs, config, latent_config, modality).items()
+    }
 
 
 def init_encoder(model: FineModel, path: str) -> bool:
